@@ -1,0 +1,1 @@
+"""Stage two: quantization-aware distillation (INT8). Lands with the QAT issue."""

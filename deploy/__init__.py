@@ -1,0 +1,1 @@
+"""Stage three: export to ONNX / TensorRT / TFLite and check every artifact against PyTorch."""

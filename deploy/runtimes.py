@@ -1,0 +1,293 @@
+"""One interface to run any artifact (PyTorch module, .onnx, .tflite) on the host.
+
+Evaluation and latency code call ``embed``/``run_once`` and never care which runtime is behind them, so
+the same verification protocol measures the float model and every exported file. Artifacts with a fixed
+batch size (the usual mobile export) are fed in chunks of that size, padding the last chunk with zeros.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.data.transforms import IMAGE_SIZE
+from distill.errors import InputError
+
+Format = Literal["pytorch", "onnx", "tflite"]
+DYNAMIC_CHUNK = 64  # batch fed per call to runtimes with a dynamic batch axis; bounds host memory
+DEFAULT_CHW = (3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+class Embedder(Protocol):
+    """What evaluation and latency measurement need from a runnable model."""
+
+    name: str
+    format: Format
+    batch_size: int | None  # fixed batch of the artifact, None when the batch axis is dynamic
+    num_threads: int
+    input_chw: tuple[int, int, int]
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW (N, C, H, W) -> float32 (N, D) embeddings, for any N."""
+        ...
+
+    def run_once(self, x: np.ndarray) -> object:
+        """One runtime call on an input from ``latency_input`` (for latency timing)."""
+        ...
+
+    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
+        """A random input already in the artifact's shape, layout and dtype, ready for ``run_once``."""
+        ...
+
+
+def resolve_threads(num_threads: int | None) -> int:
+    """None -> all cores; recorded explicitly because latency depends on it."""
+    if num_threads is None:
+        return os.cpu_count() or 1
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return int(num_threads)
+
+
+def check_input(name: str, x: np.ndarray, input_chw: tuple[int, int, int]) -> np.ndarray:
+    """Contiguous float32 (N, C, H, W) or an InputError naming the artifact and the shapes."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_chw):
+        raise InputError(
+            f"{name}: expects input of shape (N, {', '.join(map(str, input_chw))}), got {x.shape}"
+        )
+    if x.shape[0] == 0:
+        raise InputError(f"{name}: got an empty batch (N = 0)")
+    return x
+
+
+def random_images(n: int, input_chw: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """float32 NCHW noise in [-1, 1], the range of real normalised face crops."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, size=(n, *input_chw)).astype(np.float32)
+
+
+def latency_batch(fixed: int | None, requested: int | None, name: str) -> int:
+    """The batch to time: the artifact's fixed batch, else the requested one (default 1)."""
+    if fixed is not None:
+        if requested is not None and requested != fixed:
+            raise InputError(f"{name}: has a fixed batch size {fixed}, cannot time batch {requested}")
+        return fixed
+    return 1 if requested is None else requested
+
+
+def embed_in_chunks(run: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int | None) -> np.ndarray:
+    """Run ``run`` over ``x`` in chunks; a fixed ``batch_size`` gets its last chunk zero-padded."""
+    n = x.shape[0]
+    step = DYNAMIC_CHUNK if batch_size is None else batch_size
+    outputs = []
+    for start in range(0, n, step):
+        chunk = x[start : start + step]
+        real = chunk.shape[0]
+        if batch_size is not None and real < batch_size:
+            pad = np.zeros((batch_size - real, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        out = np.asarray(run(chunk), dtype=np.float32)
+        outputs.append(out.reshape(out.shape[0], -1)[:real])
+    return np.concatenate(outputs)
+
+
+class OnnxEmbedder:
+    """onnxruntime session; CUDA provider first when this onnxruntime build has it, else CPU."""
+
+    format: Format = "onnx"
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, name: str | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.num_threads = resolve_threads(num_threads)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.num_threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        available = ort.get_available_providers()
+        self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own pybind error types
+            raise InputError(f"{self.path}: not a loadable ONNX model ({_first_line(exc)})") from exc
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        self._output_name = self._session.get_outputs()[0].name
+        shape = list(inp.shape)
+        if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+            raise InputError(f"{self.path}: expected an NCHW input with fixed C, H, W, got {shape}")
+        self.batch_size = shape[0] if isinstance(shape[0], int) else None
+        self.input_chw = (shape[1], shape[2], shape[3])
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(self.name, x, self.input_chw)
+        return embed_in_chunks(self.run_once, x, self.batch_size)
+
+    def run_once(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: x})[0]
+
+    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
+        n = latency_batch(self.batch_size, batch_size, self.name)
+        return random_images(n, self.input_chw, seed)
+
+
+def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: type) -> np.ndarray:
+    """float -> int8/uint8 the way TFLite's QUANTIZE kernel does it (round half away from zero, clamp)."""
+    if scale <= 0:
+        raise ValueError(f"quantized tensor needs a positive scale, got {scale}")
+    info = np.iinfo(dtype)
+    scaled = x.astype(np.float64) / scale
+    rounded = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    return np.clip(rounded + zero_point, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """int8/uint8 -> float32 ``(q - zero_point) * scale``."""
+    return ((q.astype(np.float32) - np.float32(zero_point)) * np.float32(scale)).astype(np.float32)
+
+
+class TfliteEmbedder:
+    """LiteRT interpreter (XNNPACK by default); quantizes/dequantizes int8 or uint8 model I/O itself."""
+
+    format: Format = "tflite"
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, name: str | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.name = name or self.path.name
+        self.num_threads = resolve_threads(num_threads)
+        try:
+            self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+            self._interpreter.allocate_tensors()
+        except Exception as exc:  # LiteRT raises ValueError/RuntimeError with multi-line text
+            raise InputError(f"{self.path}: not a loadable TFLite model ({_first_line(exc)})") from exc
+        inp = self._interpreter.get_input_details()[0]
+        out = self._interpreter.get_output_details()[0]
+        shape = tuple(int(d) for d in inp["shape"])
+        if len(shape) != 4:
+            raise InputError(f"{self.path}: expected a 4-D image input, got shape {shape}")
+        # litert-torch keeps PyTorch's NCHW; models converted with channel-last I/O declare NHWC.
+        self._nhwc = shape[1] != 3 and shape[3] == 3
+        self.input_chw = (shape[3], shape[1], shape[2]) if self._nhwc else (shape[1], shape[2], shape[3])
+        self.batch_size = shape[0]
+        self._in_index, self._out_index = inp["index"], out["index"]
+        self._in_dtype, self._out_dtype = inp["dtype"], out["dtype"]
+        self._in_quant, self._out_quant = inp["quantization"], out["quantization"]
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(self.name, x, self.input_chw)
+        return embed_in_chunks(self._run_float, x, self.batch_size)
+
+    def to_model_input(self, x: np.ndarray) -> np.ndarray:
+        """float32 NCHW -> the model's declared layout and dtype (quantized for int8/uint8 inputs)."""
+        if self._nhwc:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        if self._in_dtype in (np.int8, np.uint8):
+            x = quantize_input(x, self._in_quant[0], self._in_quant[1], self._in_dtype)
+        return x
+
+    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
+        n = latency_batch(self.batch_size, batch_size, self.name)
+        return self.to_model_input(random_images(n, self.input_chw, seed))
+
+    def _run_float(self, x: np.ndarray) -> np.ndarray:
+        out = self.run_once(self.to_model_input(x))
+        if self._out_dtype in (np.int8, np.uint8):
+            out = dequantize_output(out, self._out_quant[0], self._out_quant[1])
+        return out
+
+    def run_once(self, x: np.ndarray) -> np.ndarray:
+        """Raw call: ``x`` must already be in the model's layout and dtype."""
+        self._interpreter.set_tensor(self._in_index, x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._out_index)
+
+
+class TorchEmbedder:
+    """A PyTorch module on CPU in eval mode (a private copy, so the caller's model is untouched)."""
+
+    format: Format = "pytorch"
+    batch_size: int | None = None
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_threads: int | None = None,
+        name: str | None = None,
+        input_chw: tuple[int, int, int] = DEFAULT_CHW,
+    ):
+        self.model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+        self.name = name or type(model).__name__
+        self.num_threads = resolve_threads(num_threads)
+        self.input_chw = tuple(input_chw)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(self.name, x, self.input_chw)
+        with _torch_threads(self.num_threads):
+            return embed_in_chunks(self._forward, x, None)
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x)).numpy()
+
+    def run_once(self, x: np.ndarray) -> object:
+        """Sets torch's (process-wide) thread count to ``num_threads`` if it differs, and leaves it."""
+        if torch.get_num_threads() != self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x))
+
+    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
+        return random_images(latency_batch(None, batch_size, self.name), self.input_chw, seed)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's thread count is process-wide: set it for the call and put the old value back."""
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
+def load_embedder(
+    path_or_model: str | os.PathLike | nn.Module, *, num_threads: int | None = None, name: str | None = None
+) -> Embedder:
+    """An Embedder for a module or a file: .onnx, .tflite, or a .pt/.pth checkpoint of this project."""
+    if isinstance(path_or_model, nn.Module):
+        return TorchEmbedder(path_or_model, num_threads=num_threads, name=name)
+    path = Path(path_or_model)
+    suffix = path.suffix.lower()
+    if suffix not in (".onnx", ".tflite", ".pt", ".pth"):
+        raise InputError(f"{path}: unknown model format '{suffix}' (expected .onnx, .tflite, .pt or .pth)")
+    if not path.is_file():
+        raise InputError(f"{path}: model file not found")
+    if suffix == ".onnx":
+        return OnnxEmbedder(path, num_threads=num_threads, name=name)
+    if suffix == ".tflite":
+        return TfliteEmbedder(path, num_threads=num_threads, name=name)
+    from distill.models.checkpoint import load_model  # lazy: only checkpoints need the model zoo
+
+    model, _meta = load_model(path)
+    return TorchEmbedder(model, num_threads=num_threads, name=name or path.name)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,64 @@
+"""Export a PyTorch embedding model to a TFLite flatbuffer with litert-torch (the Android artifact).
+
+litert-torch traces with ``torch.export``, so the batch size of the sample input is baked into the model
+(fixed-shape I/O, NCHW as in PyTorch). The written file is loaded into the LiteRT interpreter before it is
+renamed into place, so a file at ``path`` always loads. Precision variants (fp16, int8) reuse
+:func:`convert_and_write` with their own quantisation config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deploy.onnx_export import example_input, export_copy
+from distill.atomic import atomic_path
+from distill.data.transforms import IMAGE_SIZE
+
+
+def export_tflite_fp32(
+    model: nn.Module, path: str | os.PathLike, *, batch_size: int = 1, image_size: int = IMAGE_SIZE
+) -> Path:
+    """Write ``model`` as a float32 .tflite (float32 input and output) and return the path."""
+    return convert_and_write(model, path, batch_size=batch_size, image_size=image_size)
+
+
+def convert_and_write(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    image_size: int = IMAGE_SIZE,
+    quant_config: Any = None,
+) -> Path:
+    """Convert with litert-torch (optionally with a ``litert_torch`` QuantConfig) and write atomically.
+
+    litert-torch is imported here, not at module import, because it pulls in jax and takes seconds.
+    """
+    import litert_torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    net = export_copy(model)
+    sample = (example_input(batch_size, image_size),)
+    edge_model = litert_torch.convert(net, sample, quant_config=quant_config)
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        edge_model.export(str(tmp))
+        _check_loads(tmp, expected_input_shape=tuple(sample[0].shape))
+    return target
+
+
+def _check_loads(path: Path, expected_input_shape: tuple[int, ...]) -> None:
+    """Fail before the rename if the interpreter cannot allocate the model or its input shape is off."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=1)
+    interpreter.allocate_tensors()
+    inputs = interpreter.get_input_details()
+    if len(inputs) != 1 or tuple(int(d) for d in inputs[0]["shape"]) != expected_input_shape:
+        got = [tuple(int(d) for d in i["shape"]) for i in inputs]
+        raise RuntimeError(f"{path}: converted model has inputs {got}, expected one {expected_input_shape}")

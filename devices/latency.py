@@ -1,0 +1,123 @@
+"""Host latency of one runtime call: warm-up, then timed single calls, summarised as percentiles in ms.
+
+Percentiles use numpy's default method ("linear": the value at fractional rank ``q/100 * (n - 1)`` of the
+sorted samples, interpolated between the two neighbours), the same definition as ``np.percentile(x, q)``.
+``std`` is the population standard deviation (ddof=0). The garbage collector is paused during the timed
+loop so a collection does not land inside one sample.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from deploy.runtimes import Embedder
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per call, plus the settings that produced them."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    std: float
+    min: float
+    max: float
+    runs: int
+    warmup: int
+    threads: int | None
+    batch_size: int | None
+
+
+def stats_from_samples(
+    samples_ms: Sequence[float] | np.ndarray,
+    *,
+    warmup: int = 0,
+    threads: int | None = None,
+    batch_size: int | None = None,
+) -> LatencyStats:
+    """Summarise per-call latencies (ms); see the module docstring for the percentile definition."""
+    s = np.asarray(samples_ms, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ValueError(f"need a non-empty 1-D sequence of latency samples, got shape {s.shape}")
+    p50, p90, p99 = np.percentile(s, [50, 90, 99])
+    return LatencyStats(
+        p50=float(p50),
+        p90=float(p90),
+        p99=float(p99),
+        mean=float(s.mean()),
+        std=float(s.std()),
+        min=float(s.min()),
+        max=float(s.max()),
+        runs=int(s.size),
+        warmup=int(warmup),
+        threads=threads,
+        batch_size=batch_size,
+    )
+
+
+def time_calls(
+    run_once: Callable[[], object], runs: int, clock_ns: Callable[[], int] = time.perf_counter_ns
+) -> np.ndarray:
+    """Duration of each of ``runs`` calls in ms (GC paused while timing)."""
+    samples = np.empty(runs, dtype=np.float64)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for i in range(runs):
+            start = clock_ns()
+            run_once()
+            samples[i] = (clock_ns() - start) / 1e6
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def measure_latency(
+    run_once: Callable[[], object],
+    *,
+    warmup: int = 10,
+    runs: int = 100,
+    threads: int | None = None,
+    batch_size: int | None = None,
+    clock_ns: Callable[[], int] = time.perf_counter_ns,
+) -> LatencyStats:
+    """Call ``run_once`` ``warmup`` times untimed, then ``runs`` times timed one by one.
+
+    ``threads``/``batch_size`` are only recorded in the result (the caller configured the runtime);
+    ``clock_ns`` is injectable so tests can check the arithmetic with a fake clock.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        run_once()
+    samples = time_calls(run_once, runs, clock_ns)
+    return stats_from_samples(samples, warmup=warmup, threads=threads, batch_size=batch_size)
+
+
+def measure_embedder_latency(
+    embedder: Embedder, *, warmup: int = 10, runs: int = 100, batch_size: int | None = None, seed: int = 0
+) -> LatencyStats:
+    """Latency of ``embedder.run_once`` on an input already in the artifact's shape and dtype.
+
+    Conversion to the model's layout/dtype happens once before timing, so only the runtime call is timed.
+    """
+    x = embedder.latency_input(batch_size, seed)
+    return measure_latency(
+        lambda: embedder.run_once(x),
+        warmup=warmup,
+        runs=runs,
+        threads=embedder.num_threads,
+        batch_size=int(x.shape[0]),
+    )

@@ -1,0 +1,145 @@
+"""Measure artifacts where they run: accuracy on the verification sets and latency, one row each.
+
+Every row says where its numbers come from (``measured_on``). A target with no device attached gets a
+row whose accuracy is the host's run of the same file and whose latency is absent with a note, never a
+host number passed off as a device number.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from deploy.runtimes import Embedder, load_embedder
+from devices.latency import measure_embedder_latency
+from distill.data.verification_bin import VerificationSet
+from distill.metrics.verification import embed_pairs, evaluate_verification
+
+HOST_LABEL = "host-cpu"
+
+
+def host_description() -> str:
+    return f"{platform.machine()} {platform.processor() or ''}".strip()
+
+
+def accuracy_fields(embedder: Embedder, sets: list[VerificationSet], flip: bool) -> dict[str, Any]:
+    """Verification metrics of an artifact; the first set is the headline, all sets are kept."""
+    import torch
+
+    def embed(x: torch.Tensor):
+        return embedder.embed(x.numpy())
+
+    per_set = {}
+    for vs in sets:
+        emb, emb_flip = embed_pairs(embed, vs.images, batch_size=32, flip=flip)
+        r = evaluate_verification(emb, emb_flip, vs.issame)
+        per_set[vs.name] = {
+            "accuracy": r.accuracy,
+            "accuracy_std": r.accuracy_std,
+            "tar_at_far": r.tar_at_far,
+            "tar_not_computable": r.tar_not_computable,
+            "roc_auc": r.roc_auc,
+            "eer": r.eer,
+            "pairs": r.num_pairs,
+            "roc": {"fpr": _thin(r.roc[0]), "tpr": _thin(r.roc[1])},
+        }
+    head = per_set[sets[0].name]
+    return {
+        "val_set": sets[0].name,
+        "accuracy": head["accuracy"],
+        "accuracy_std": head["accuracy_std"],
+        "tar_at_far": head["tar_at_far"],
+        "sets": per_set,
+    }
+
+
+def _thin(values: Any, max_points: int = 200) -> list[float]:
+    """Keep ROC curves plot-sized in results.json."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.size > max_points:
+        v = v[np.linspace(0, v.size - 1, max_points).round().astype(int)]
+    return [round(float(x), 6) for x in v]
+
+
+def measure_on_host(
+    path: Path | Any,
+    sets: list[VerificationSet],
+    *,
+    threads: int,
+    warmup: int,
+    runs: int,
+    flip: bool = True,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Accuracy and latency (batch 1) of one artifact file or module on this machine."""
+    embedder = load_embedder(path, num_threads=threads, name=name)
+    row = accuracy_fields(embedder, sets, flip)
+    stats = measure_embedder_latency(embedder, warmup=warmup, runs=runs, batch_size=1)
+    row["latency_ms"] = {
+        k: round(v, 4)
+        for k, v in asdict(stats).items()
+        if k in ("p50", "p90", "p99", "mean", "std", "min", "max")
+    }
+    row["latency_settings"] = {
+        "runs": stats.runs,
+        "warmup": stats.warmup,
+        "threads": stats.threads,
+        "batch_size": stats.batch_size,
+    }
+    row["measured_on"] = HOST_LABEL
+    row["host"] = host_description()
+    return row
+
+
+def device_row_without_device(host_row: dict[str, Any], target: str) -> dict[str, Any]:
+    """The row for a target with no device connected: host accuracy labelled so, no latency."""
+    row = {k: v for k, v in host_row.items() if k not in ("latency_ms", "latency_settings")}
+    row.update(
+        target=target,
+        measured_on=HOST_LABEL,
+        latency_ms=None,
+        latency_note=f"not measured on device: no {target} device connected; "
+        f"accuracy is the same artifact run on {HOST_LABEL}",
+    )
+    return row
+
+
+def measure_rows(
+    artifacts: list[dict[str, Any]],
+    export_dir: Path,
+    sets: list[VerificationSet],
+    *,
+    target: str,
+    threads: int,
+    warmup: int,
+    runs: int,
+    flip: bool = True,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """One row per artifact x target (the host always; the chosen device target as well)."""
+    rows = []
+    for art in tqdm(artifacts, desc="measure", unit="artifact", disable=not progress):
+        path = export_dir / art["file"]
+        base = {
+            "name": art["name"],
+            "format": art["format"],
+            "precision": art["precision"],
+            "path": str(path),
+            "size_bytes": path.stat().st_size,
+            "sha256": art["sha256"],
+        }
+        host = {
+            **base,
+            "target": "host",
+            **measure_on_host(path, sets, threads=threads, warmup=warmup, runs=runs, flip=flip),
+        }
+        rows.append(host)
+        if target != "host":
+            rows.append(device_row_without_device(host, target))
+    return rows

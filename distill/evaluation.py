@@ -1,0 +1,51 @@
+"""Verification accuracy of any embedding function on a list of verification sets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.data.verification_bin import VerificationSet
+from distill.metrics.verification import VerificationResult, embed_pairs, evaluate_verification
+
+EmbedFn = Callable[[torch.Tensor], np.ndarray]
+
+
+def torch_embed_fn(model: torch.nn.Module, device: torch.device | None = None) -> EmbedFn:
+    """Wrap a backbone as a no-grad, eval-mode embedding function on normalised NCHW input."""
+    device = device or next(model.parameters()).device
+
+    def embed(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return model(x.to(device)).float().cpu().numpy()
+
+    return embed
+
+
+def evaluate_sets(
+    embed: EmbedFn,
+    sets: list[VerificationSet],
+    flip: bool = True,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, VerificationResult]:
+    results = {}
+    for vs in sets:
+        emb, emb_flip = embed_pairs(embed, vs.images, batch_size=batch_size, flip=flip, progress=progress)
+        results[vs.name] = evaluate_verification(emb, emb_flip, vs.issame)
+    return results
+
+
+def summary_metrics(results: dict[str, VerificationResult]) -> dict[str, Any]:
+    """Flat numbers for logs and TensorBoard: ``<set>/accuracy`` etc."""
+    out: dict[str, Any] = {}
+    for name, r in results.items():
+        out[f"{name}/accuracy"] = float(r.accuracy)
+        out[f"{name}/accuracy_std"] = float(r.accuracy_std)
+        for far, tar in r.tar_at_far.items():
+            if tar is not None:
+                out[f"{name}/tar@far={far}"] = float(tar)
+    return out

@@ -1,0 +1,41 @@
+"""Loss terms selected by name from the config: ``losses: [{name: arcface, weight: 1}, ...]``."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from distill.config import LossSpec
+from distill.errors import InputError
+from distill.losses.base import LossDims, LossInputs, LossTerm
+from distill.losses.feature_l2 import FeatureL2Loss
+from distill.losses.margin import ArcFaceLoss, CosFaceLoss
+
+LOSSES: dict[str, type[LossTerm]] = {
+    "arcface": ArcFaceLoss,
+    "cosface": CosFaceLoss,
+    "feature_l2": FeatureL2Loss,
+}
+
+__all__ = ["LOSSES", "LossDims", "LossInputs", "LossTerm", "build_losses"]
+
+
+def build_losses(specs: list[LossSpec], dims: LossDims, where: str = "losses") -> nn.ModuleDict:
+    """Instantiate the named terms; the dict keys are the names (``name#2`` for a repeated name)."""
+    if not specs:
+        raise InputError(f"{where}: at least one loss term is required")
+    terms = nn.ModuleDict()
+    for i, spec in enumerate(specs):
+        if spec.name not in LOSSES:
+            raise InputError(
+                f"{where}[{i}].name: unknown loss '{spec.name}'; choose one of {', '.join(LOSSES)}"
+            )
+        cls = LOSSES[spec.name]
+        if cls.needs_teacher and dims.teacher_dim is None:
+            raise InputError(f"{where}[{i}]: loss '{spec.name}' needs a teacher, and this run has none")
+        try:
+            term = cls(dims, **spec.params)
+        except TypeError as exc:
+            raise InputError(f"{where}[{i}].params: {exc}") from None
+        key = spec.name if spec.name not in terms else f"{spec.name}#{i}"
+        terms[key] = term
+    return terms

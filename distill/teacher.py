@@ -1,0 +1,97 @@
+"""The teacher of a run: an external ONNX file, an existing facekd checkpoint, or one trained here.
+
+Whatever its source, a teacher is used through ``Teacher.embed`` (normalised NCHW in, raw embeddings
+out); its margin head, when known, rides along for the methods that reuse the teacher's classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.atomic import atomic_path
+from distill.config import TeacherConfig
+from distill.engine.device import resolve_device
+from distill.errors import InputError
+
+
+@dataclass
+class Teacher:
+    embed: Callable[[torch.Tensor], torch.Tensor]  # no-grad embedding of a normalised NCHW batch
+    embedding_dim: int
+    source: str  # "onnx:<path>", "checkpoint:<path>"
+    head_weight: torch.Tensor | None = None  # (num_classes, D) class centres of its margin head
+
+
+def load_teacher(cfg: TeacherConfig, trained_checkpoint: Path | None = None) -> Teacher:
+    """Open the teacher named by the config (ONNX first, then a checkpoint, then the one trained here)."""
+    if cfg.onnx:
+        from distill.models.onnx_teacher import OnnxTeacher
+
+        onnx_teacher = OnnxTeacher(cfg.onnx)
+        return Teacher(
+            embed=onnx_teacher, embedding_dim=onnx_teacher.embedding_dim, source=f"onnx:{cfg.onnx}"
+        )
+    path = Path(cfg.checkpoint) if cfg.checkpoint else trained_checkpoint
+    if path is None:
+        raise InputError("teacher: no teacher.onnx, teacher.checkpoint or trained teacher available")
+    from distill.models.checkpoint import load_model
+
+    device = resolve_device("auto")
+    model, meta = load_model(path)
+    model = model.to(device).eval()
+    extra = meta.get("extra") or {}
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x.to(device)).float().cpu()
+
+    dim = int(meta["arch_kwargs"]["embedding_dim"])
+    return Teacher(
+        embed=embed, embedding_dim=dim, source=f"checkpoint:{path}", head_weight=extra.get("head_weight")
+    )
+
+
+def cache_teacher_embeddings(
+    teacher: Teacher, dataset: Any, out_dir: Path, batch_size: int = 64, progress: bool = True
+) -> tuple[Path, Path]:
+    """Embed every training image and its mirror once; write ``plain.npy``/``flipped.npy`` atomically.
+
+    The arrays are read back memory-mapped by the training loop, so a teacher costs one forward pass
+    per image per run instead of one per step.
+    """
+    from tqdm import tqdm
+
+    from distill.data.transforms import hflip_nchw, to_model_input
+
+    n = len(dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = (out_dir / "plain.npy", out_dir / "flipped.npy")
+    with atomic_path(paths[0]) as tmp_plain, atomic_path(paths[1]) as tmp_flip:
+        plain = np.lib.format.open_memmap(
+            tmp_plain, mode="w+", dtype=np.float32, shape=(n, teacher.embedding_dim)
+        )
+        flipped = np.lib.format.open_memmap(
+            tmp_flip, mode="w+", dtype=np.float32, shape=(n, teacher.embedding_dim)
+        )
+        for start in tqdm(
+            range(0, n, batch_size), desc="teacher embeddings", unit="batch", disable=not progress
+        ):
+            idx = range(start, min(n, start + batch_size))
+            images = np.stack([dataset[i][0] for i in idx])
+            x = to_model_input(images)
+            plain[start : start + len(idx)] = teacher.embed(x).numpy()
+            flipped[start : start + len(idx)] = teacher.embed(hflip_nchw(x)).numpy()
+        plain.flush()
+        flipped.flush()
+        del plain, flipped
+    return paths
+
+
+def open_teacher_cache(out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    return (np.load(out_dir / "plain.npy", mmap_mode="r"), np.load(out_dir / "flipped.npy", mmap_mode="r"))

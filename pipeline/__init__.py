@@ -1,0 +1,1 @@
+"""Orchestration: the CLI, the run folder, its manifest and the stage order."""

@@ -1,0 +1,242 @@
+"""``python -m pipeline``: distill a face-recognition student, export it and measure it, in one command.
+
+Exit codes: 0 success, 1 a check failed (parity, non-finite loss), 2 bad input (file, config, name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from distill.errors import InputError
+
+EPILOG = """\
+examples:
+  python -m pipeline all --target jetson --out runs/demo     # whole chain on generated data
+  python -m pipeline all --preset tiny --out runs/smoke       # seconds-long smoke run
+  python -m pipeline distill --out runs/demo                  # one stage (earlier ones skipped if current)
+  python -m pipeline data synth --out data/synth              # only generate the synthetic data set
+  python -m pipeline data info data/synth/train.rec --json
+  python -m pipeline evaluate --model runs/demo/export/student_fp32.tflite --data data/synth/synth_val.bin
+
+exit codes: 0 ok, 1 a check failed (parity, diverged training), 2 bad input.
+"""
+
+
+def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="run folder (created; re-runs skip stages whose inputs did not change) [default: runs/demo]",
+    )
+    p.add_argument("--config", help="YAML or TOML config file (overrides the preset)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="size preset: default (<=15 min on a 2-core CPU), tiny "
+        "(smoke test), gpu (real data on a GPU box)",
+    )
+    if target:
+        p.add_argument(
+            "--target",
+            default=None,
+            choices=["host", "jetson", "android"],
+            help="deployment target: chooses the artifact formats and where latency is measured "
+            "[default: host]",
+        )
+    p.add_argument("--force", action="store_true", help="re-run the named stage even if it is up to date")
+    p.add_argument(
+        "--allow-parity-failure",
+        action="store_true",
+        help="keep going when an exported artifact disagrees with PyTorch (marked failed)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (CI logs)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        description="Distill a MobileFaceNet face-recognition student from a big teacher, export it for "
+        "the host, Jetson (ONNX/TensorRT) or Android (TFLite), and measure the exact artifacts.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stage_help = {
+        "all": "run every stage: data -> teacher -> distill -> export -> measure -> report",
+        "teacher": "train the teacher on the data (or register the given ONNX/checkpoint teacher)",
+        "distill": "cache teacher embeddings and distill the student (stage one)",
+        "export": "export the student for the target and check each artifact against PyTorch",
+        "measure": "measure accuracy and latency of every artifact; writes results.json",
+        "report": "write report.md from results.json",
+    }
+    for name, text in stage_help.items():
+        p = sub.add_parser(name, help=text, description=text)
+        _run_args(p)
+
+    data = sub.add_parser("data", help="generate or inspect face data sets")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = dsub.add_parser(
+        "synth",
+        help="write a synthetic face data set (train.rec/.idx + synth_val.bin)",
+        description="Generate face-like identities: train.rec/train.idx (InsightFace "
+        "RecordIO) and held-out identities as synth_val.bin.",
+    )
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--preset", default="default", help="size preset (default, tiny, gpu)")
+    synth.add_argument("--identities", type=int, help="training identities")
+    synth.add_argument("--images-per-identity", type=int, help="images per training identity")
+    synth.add_argument("--val-identities", type=int, help="held-out identities for verification")
+    synth.add_argument("--val-pairs", type=int, help="verification pairs (even)")
+    synth.add_argument("--difficulty", type=float, help="0 (easy) .. 1 (hard) intra-identity variation")
+    synth.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
+    synth.add_argument("--no-progress", action="store_true")
+    info = dsub.add_parser("info", help="count images, identities and pairs of a .rec, image folder or .bin")
+    info.add_argument("path")
+    info.add_argument(
+        "--json", action="store_true", help="print JSON (keys: images, identities, pairs, image_size)"
+    )
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="verification accuracy of a .pt, .onnx or .tflite model",
+        description="10-fold verification accuracy (InsightFace protocol), TAR@FAR, AUC, EER "
+        "of a model file on a .bin or a pairs folder.",
+    )
+    ev.add_argument("--model", required=True, help=".pt checkpoint, .onnx or .tflite")
+    ev.add_argument("--data", required=True, help="verification .bin or folder with pairs.txt")
+    ev.add_argument("--no-flip", action="store_true", help="do not fuse the mirrored image's embedding")
+    ev.add_argument("--threads", type=int, default=2, help="runtime threads [default: 2]")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        from deploy.artifacts import ParityError
+        from distill.engine.train import NonFiniteLoss
+
+        if isinstance(exc, (ParityError, NonFiniteLoss)):
+            print(f"failed: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "data":
+        return _data(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    from pipeline.stages import STAGES, run_until
+
+    ctx = _context(args)
+    last = "report" if args.command == "all" else args.command
+    run_until(ctx, last)
+    if last in ("measure", "report", "all"):
+        print(f"results: {ctx.run.root / 'results.json'}")
+    if last == "report":
+        print((ctx.run.root / "report.md").read_text())
+    assert last in STAGES
+    return 0
+
+
+def _context(args: argparse.Namespace) -> Any:
+    """Config and target for a run folder; a stage re-run without flags reuses the folder's settings."""
+    from distill.atomic import write_json
+    from distill.config import Config, from_dict, load_config, to_dict, validate
+    from pipeline.runfolder import RunFolder
+    from pipeline.stages import Context
+
+    run = RunFolder(args.out)
+    saved = run.root / "run.json"
+    if saved.exists() and not args.config and not args.preset:
+        stored = json.loads(saved.read_text())
+        cfg = from_dict(Config, stored["config"], str(saved))
+        target = args.target or stored["target"]
+    else:
+        cfg = load_config(args.config, preset=args.preset or "default")
+        target = args.target or "host"
+    validate(cfg)
+    from devices.targets import get_target
+
+    get_target(target)
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_json(saved, {"config": to_dict(cfg), "target": target, "preset": args.preset})
+    return Context(
+        run=run,
+        cfg=cfg,
+        target=target,
+        progress=not args.no_progress,
+        force=args.force,
+        allow_parity_failure=args.allow_parity_failure,
+    )
+
+
+def _data(args: argparse.Namespace) -> int:
+    if args.data_command == "info":
+        from distill.data.info import dataset_info
+
+        info = dataset_info(args.path)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for k, v in info.items():
+                print(f"{k}: {v}")
+        return 0
+    from dataclasses import asdict
+
+    from distill.config import load_config, validate
+    from distill.data.synth import SynthSpec, synthesize
+
+    cfg = load_config(preset=args.preset)
+    spec = asdict(cfg.data.synth)
+    for arg, key in (
+        ("identities", "train_identities"),
+        ("images_per_identity", "images_per_identity"),
+        ("val_identities", "val_identities"),
+        ("val_pairs", "val_pairs"),
+        ("difficulty", "difficulty"),
+        ("seed", "seed"),
+    ):
+        if getattr(args, arg) is not None:
+            spec[key] = getattr(args, arg)
+    cfg.data.synth = type(cfg.data.synth)(**spec)
+    validate(cfg)
+    summary = synthesize(Path(args.out), SynthSpec(**spec), progress=not args.no_progress)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from deploy.runtimes import load_embedder
+    from devices.measure import accuracy_fields
+    from distill.data.faces import open_verification
+
+    vs = open_verification(args.data)
+    embedder = load_embedder(args.model, num_threads=args.threads)
+    row = accuracy_fields(embedder, [vs], flip=not args.no_flip)
+    result = row["sets"][vs.name]
+    result.pop("roc")
+    if args.json:
+        print(json.dumps({"model": args.model, "data": args.data, "flip": not args.no_flip, **result}))
+    else:
+        print(
+            f"{vs.name}: accuracy {100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f} % "
+            f"over {result['pairs']} pairs (10 folds, flip {'on' if not args.no_flip else 'off'})"
+        )
+        for far, tar in result["tar_at_far"].items():
+            print(f"  TAR@FAR={far}: {'not computable' if tar is None else f'{100 * tar:.2f} %'}")
+        print(f"  ROC AUC {result['roc_auc']:.4f}, EER {100 * result['eer']:.2f} %")
+    return 0

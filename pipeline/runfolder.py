@@ -1,0 +1,194 @@
+"""The run folder: one sub-folder per stage, a manifest, and the skip/resume rules.
+
+A stage writes into ``.<stage>.work/`` and only a finished stage is renamed to ``<stage>/`` and entered
+in ``manifest.json``, so a crash never leaves a folder that looks complete. Training checkpoints live in
+the work folder, so re-running after a crash resumes. A stage is skipped when its key (config section +
+the hashes of its inputs) equals the manifest's and its outputs are still there, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from distill.atomic import write_json, write_text
+from distill.errors import InputError
+
+MANIFEST = "manifest.json"
+_FULL_HASH_LIMIT = 512 * 1024 * 1024  # bigger inputs (MS1M-size .rec) get a fingerprint, not a full hash
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(path: Path) -> str:
+    """sha256 of a file; for files over 512 MiB, of (size, first and last MiB) — stated in the value."""
+    path = Path(path)
+    if path.is_dir():
+        items = sorted(p for p in path.rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for p in items:
+            h.update(f"{p.relative_to(path)}:{p.stat().st_size}:{int(p.stat().st_mtime)}".encode())
+        return f"dir-listing:{h.hexdigest()}"
+    size = path.stat().st_size
+    if size <= _FULL_HASH_LIMIT:
+        return sha256_file(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(size - (1 << 20))
+        h.update(fh.read(1 << 20))
+    return f"head-tail:{h.hexdigest()}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the tools that shape the artifacts, read from package metadata.
+
+    Never imports them: importing litert-torch pulls TensorFlow-style runtimes into the process, which
+    must not share it with a torch training loop.
+    """
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in (
+        "facekd",
+        "torch",
+        "numpy",
+        "onnx",
+        "onnxruntime",
+        "litert-torch",
+        "ai-edge-litert",
+        "pillow",
+    ):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class StageOutcome:
+    """What a stage function returns: the files it wrote (relative to its folder) and its numbers."""
+
+    files: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class RunFolder:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- manifest -----------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        p = self.root / MANIFEST
+        if not p.exists():
+            return {"tool": "facekd", "stages": {}}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise InputError(f"{p}: manifest is not valid JSON; delete it to re-run every stage") from None
+
+    def _save_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json(self.root / MANIFEST, manifest)
+
+    def stage_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def record(self, name: str) -> dict[str, Any] | None:
+        return self.manifest()["stages"].get(name)
+
+    def output_hash(self, stage: str, file: str) -> str:
+        rec = self.record(stage)
+        if rec is None or file not in rec["outputs"]:
+            raise InputError(f"{self.root}: stage '{stage}' has not produced '{file}' yet; run it first")
+        return rec["outputs"][file]
+
+    # -- running ------------------------------------------------------------------------------
+    def is_current(self, name: str, key: str) -> bool:
+        rec = self.record(name)
+        if rec is None or rec.get("key") != key:
+            return False
+        folder = self.stage_dir(name)
+        for rel in rec["outputs"]:
+            p = folder / rel
+            if not p.exists() or p.stat().st_size != rec["sizes"][rel]:
+                return False
+        return True
+
+    def run(
+        self,
+        name: str,
+        key_material: dict[str, Any],
+        fn: Callable[[Path], StageOutcome],
+        force: bool = False,
+        log: Callable[[str], None] = print,
+    ) -> dict[str, Any]:
+        """Run ``fn(work_dir)`` unless the stage is current; return its manifest record."""
+        key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        if not force and self.is_current(name, key):
+            log(f"[{name}] up to date, skipped")
+            return self.record(name)  # type: ignore[return-value]
+        self.root.mkdir(parents=True, exist_ok=True)
+        work = self.root / f".{name}.work"
+        key_file = work / ".stage-key"
+        if work.exists() and (not key_file.exists() or key_file.read_text() != key):
+            shutil.rmtree(work)  # leftovers of a different configuration: not resumable
+        resumed = work.exists()
+        work.mkdir(parents=True, exist_ok=True)
+        write_text(key_file, key)
+        log(f"[{name}] {'resuming' if resumed else 'running'}")
+        started = time.time()
+        try:
+            outcome = fn(work)
+        except InputError:
+            shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing behind
+            raise
+        seconds = time.time() - started
+        outputs, sizes = {}, {}
+        for rel in outcome.files:
+            p = work / rel
+            if not p.is_file():
+                raise RuntimeError(f"stage '{name}' declared output '{rel}' but did not write it")
+            outputs[rel] = sha256_file(p)
+            sizes[rel] = p.stat().st_size
+        key_file.unlink()
+        final = self.stage_dir(name)
+        if final.exists():
+            shutil.rmtree(final)
+        work.rename(final)
+        manifest = self.manifest()
+        record = {
+            "key": key,
+            "inputs": key_material,
+            "outputs": outputs,
+            "sizes": sizes,
+            "metrics": outcome.metrics,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+            "seconds": round(seconds, 2),
+            "versions": versions(),
+        }
+        manifest["stages"][name] = record
+        self._save_manifest(manifest)
+        log(f"[{name}] done in {seconds:.1f}s")
+        return record
+
+    def invalidate_after(self, order: list[str], name: str) -> None:
+        """Drop manifest records of stages after ``name`` (their inputs changed)."""
+        manifest = self.manifest()
+        for later in order[order.index(name) + 1 :]:
+            manifest["stages"].pop(later, None)
+        self._save_manifest(manifest)

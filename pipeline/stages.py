@@ -1,0 +1,414 @@
+"""The stages of a run, in order, each a function of the run context.
+
+Every stage runs through ``RunFolder.run`` with a key built from its config section and the hashes of
+its upstream outputs, so changing the teacher re-runs everything after it and nothing before it.
+Calling a later stage runs the earlier ones first (each is skipped when current), like ``make``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.atomic import write_json, write_text
+from distill.config import Config, config_hash
+from distill.errors import InputError
+from pipeline.runfolder import RunFolder, StageOutcome, fingerprint
+
+STAGES = ["data", "teacher", "cache", "distill", "export", "measure", "report"]
+
+
+@dataclass
+class Context:
+    run: RunFolder
+    cfg: Config
+    target: str = "host"
+    progress: bool = True
+    force: bool = False
+    allow_parity_failure: bool = False
+    log: Callable[[str], None] = print
+
+
+# ---------------------------------------------------------------------------------------------- data
+def stage_data(ctx: Context) -> dict[str, Any]:
+    d = ctx.cfg.data
+    if d.train:
+        key = {
+            "train": d.train,
+            "train_fp": fingerprint(_train_anchor(Path(d.train))),
+            "val": [(v, fingerprint(Path(v))) for v in d.val],
+        }
+
+        def fn(work: Path) -> StageOutcome:
+            from distill.data.faces import open_train_set, open_verification
+
+            train = open_train_set(d.train)
+            if not d.val:
+                raise InputError("data.val: give at least one verification set (.bin or pairs folder)")
+            vals = [open_verification(v) for v in d.val]
+            info = {
+                "train": str(Path(d.train).resolve()),
+                "val": [str(Path(v).resolve()) for v in d.val],
+                "images": len(train),
+                "identities": int(train.num_classes),
+                "val_pairs": {vs.name: int(len(vs.issame)) for vs in vals},
+            }
+            write_json(work / "data.json", info)
+            return StageOutcome(["data.json"], info)
+    else:
+        key = {"synth": asdict(d.synth)}
+
+        def fn(work: Path) -> StageOutcome:
+            from distill.data.synth import SynthSpec, synthesize
+
+            summary = synthesize(work, SynthSpec(**asdict(d.synth)), progress=ctx.progress)
+            info = {"train": "train.rec", "val": ["synth_val.bin"], "synthetic": True, **_plain(summary)}
+            write_json(work / "data.json", info)
+            files = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json", "data.json"]
+            return StageOutcome(files, info)
+
+    return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _train_anchor(path: Path) -> Path:
+    if path.is_dir() and (path / "train.rec").exists():
+        return path / "train.rec"
+    if not path.exists():
+        raise InputError(f"{path}: training data not found")
+    return path
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+def load_data(ctx: Context) -> tuple[Any, list[Any]]:
+    """The training set and verification sets the data stage recorded."""
+    from distill.data.faces import open_train_set, open_verification
+
+    info = json.loads((ctx.run.stage_dir("data") / "data.json").read_text())
+    base = ctx.run.stage_dir("data")
+
+    def resolve(p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else base / q
+
+    train_path = resolve(info["train"])
+    train = open_train_set(train_path.parent if train_path.name == "train.rec" else train_path)
+    return train, [open_verification(resolve(v)) for v in info["val"]]
+
+
+def _data_key(ctx: Context) -> dict[str, Any]:
+    rec = ctx.run.record("data")
+    assert rec is not None
+    return {"data": rec["key"]}
+
+
+# ------------------------------------------------------------------------------------------- teacher
+def stage_teacher(ctx: Context) -> dict[str, Any]:
+    t = ctx.cfg.teacher
+    if t.onnx or t.checkpoint:
+        src = Path(t.onnx or t.checkpoint)
+        if not src.is_file():
+            raise InputError(f"{src}: teacher file not found")
+        key = {"teacher": str(src), "fp": fingerprint(src), **_data_key(ctx)}
+
+        def fn(work: Path) -> StageOutcome:
+            from distill.teacher import load_teacher
+
+            teacher = load_teacher(t)
+            metrics = _evaluate_teacher(ctx, teacher)
+            info = {
+                "source": teacher.source,
+                "embedding_dim": teacher.embedding_dim,
+                "has_head": teacher.head_weight is not None,
+                **metrics,
+            }
+            write_json(work / "teacher.json", info)
+            return StageOutcome(["teacher.json"], info)
+    else:
+        key = {"teacher_cfg": config_hash(t), **_data_key(ctx)}
+
+        def fn(work: Path) -> StageOutcome:
+            from distill.fit import fit_model
+
+            train, vals = load_data(ctx)
+            _, summary = fit_model(
+                name="teacher",
+                arch=t.arch,
+                embedding_dim=t.embedding_dim,
+                arch_params=t.arch_params,
+                losses=t.losses,
+                train_cfg=t.train,
+                dataset=train,
+                num_classes=train.num_classes,
+                val_sets=vals,
+                out_dir=work,
+                flip_eval=ctx.cfg.measure.flip,
+                workers=ctx.cfg.data.workers,
+                progress=ctx.progress,
+                where="teacher.losses",
+            )
+            metrics = {
+                "source": f"trained:{t.arch}",
+                "embedding_dim": t.embedding_dim,
+                "images_per_second": summary.images_per_second,
+                "steps": summary.steps,
+                **(summary.evaluations[-1] if summary.evaluations else {}),
+            }
+            write_json(work / "teacher.json", metrics)
+            return StageOutcome(["teacher.pt", "teacher.json", "history.json"], metrics)
+
+    return ctx.run.run("teacher", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
+    from distill.evaluation import evaluate_sets, summary_metrics
+
+    _, vals = load_data(ctx)
+    results = evaluate_sets(lambda x: teacher.embed(x).numpy(), vals, flip=ctx.cfg.measure.flip)
+    return summary_metrics(results)
+
+
+def open_teacher(ctx: Context) -> Any:
+    from distill.teacher import load_teacher
+
+    trained = ctx.run.stage_dir("teacher") / "teacher.pt"
+    return load_teacher(ctx.cfg.teacher, trained if trained.exists() else None)
+
+
+def _upstream(ctx: Context, *stages: str) -> dict[str, Any]:
+    out = {}
+    for s in stages:
+        rec = ctx.run.record(s)
+        if rec is None:
+            raise InputError(f"{ctx.run.root}: stage '{s}' has not run")
+        out[s] = rec["outputs"] or rec["key"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- cache
+def stage_cache(ctx: Context) -> dict[str, Any]:
+    """Teacher embeddings of every training image (plain and mirrored), computed once per data+teacher."""
+    key = {
+        **_upstream(ctx, "data", "teacher"),
+        "teacher_src": ctx.cfg.teacher.onnx or ctx.cfg.teacher.checkpoint,
+    }
+
+    def fn(work: Path) -> StageOutcome:
+        from distill.teacher import cache_teacher_embeddings
+
+        train, _ = load_data(ctx)
+        teacher = open_teacher(ctx)
+        cache_teacher_embeddings(teacher, train, work, batch_size=64, progress=ctx.progress)
+        return StageOutcome(
+            ["plain.npy", "flipped.npy"], {"images": len(train), "dim": teacher.embedding_dim}
+        )
+
+    return ctx.run.run("cache", key, fn, force=ctx.force, log=ctx.log)
+
+
+# ------------------------------------------------------------------------------------------- distill
+def stage_distill(ctx: Context) -> dict[str, Any]:
+    s = ctx.cfg.distill
+    key = {"distill_cfg": config_hash(s), **_upstream(ctx, "data", "cache")}
+
+    def fn(work: Path) -> StageOutcome:
+        from distill.engine.train import TeacherTargets
+        from distill.fit import fit_model
+        from distill.teacher import open_teacher_cache
+
+        train, vals = load_data(ctx)
+        plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
+        _, summary = fit_model(
+            name="student",
+            arch=s.arch,
+            embedding_dim=s.embedding_dim,
+            arch_params=s.arch_params,
+            losses=s.losses,
+            train_cfg=s.train,
+            dataset=train,
+            num_classes=train.num_classes,
+            val_sets=vals,
+            out_dir=work,
+            teacher=TeacherTargets(plain, flipped),
+            flip_eval=ctx.cfg.measure.flip,
+            workers=ctx.cfg.data.workers,
+            progress=ctx.progress,
+            where="distill.losses",
+        )
+        metrics = {
+            "images_per_second": summary.images_per_second,
+            "steps": summary.steps,
+            "final_losses": summary.final_losses,
+            **(summary.evaluations[-1] if summary.evaluations else {}),
+        }
+        write_json(work / "student.json", metrics)
+        return StageOutcome(["student.pt", "student.json", "history.json"], metrics)
+
+    return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log)
+
+
+# -------------------------------------------------------------------------------------------- export
+def stage_export(ctx: Context) -> dict[str, Any]:
+    e = ctx.cfg.export
+    key = {"export_cfg": config_hash(e), "target": ctx.target, **_upstream(ctx, "distill")}
+
+    def fn(work: Path) -> StageOutcome:
+        from deploy.artifacts import export_artifacts, parity_batch
+        from devices.targets import formats_for
+        from distill.models.checkpoint import load_model
+        from pipeline.runfolder import sha256_file
+
+        student_path = ctx.run.stage_dir("distill") / "student.pt"
+        model, _ = load_model(student_path)
+        _, vals = load_data(ctx)
+        artifacts = export_artifacts(
+            model,
+            formats_for(ctx.target),
+            work,
+            parity_images=parity_batch(vals[0].images, e.parity_images),
+            batch_size=e.batch_size or None,
+            opset=e.opset,
+            allow_parity_failure=ctx.allow_parity_failure,
+        )
+        entries = []
+        for a in artifacts:
+            entry = a.to_dict()
+            entry.update(
+                target=ctx.target,
+                sha256=sha256_file(work / a.file),
+                size_bytes=(work / a.file).stat().st_size,
+                source_checkpoint=sha256_file(student_path),
+            )
+            entries.append(entry)
+        from pipeline.runfolder import versions
+
+        write_json(work / "artifacts.json", {"artifacts": entries, "versions": versions()})
+        return StageOutcome(
+            [a.file for a in artifacts] + ["artifacts.json"], {a.name: a.parity for a in artifacts}
+        )
+
+    return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log)
+
+
+# ------------------------------------------------------------------------------------------- measure
+def stage_measure(ctx: Context) -> dict[str, Any]:
+    m = ctx.cfg.measure
+    key = {
+        "measure_cfg": config_hash(m),
+        "target": ctx.target,
+        **_upstream(ctx, "teacher", "distill", "export"),
+    }
+
+    def fn(work: Path) -> StageOutcome:
+        from devices.measure import measure_on_host, measure_rows
+        from pipeline.runfolder import sha256_file
+
+        _, vals = load_data(ctx)
+        export_dir = ctx.run.stage_dir("export")
+        artifacts = json.loads((export_dir / "artifacts.json").read_text())["artifacts"]
+        _verify_artifact_hashes(export_dir, artifacts)
+        rows = []
+        # Reference rows: the PyTorch teacher and student, measured on the host the same way.
+        student_pt = ctx.run.stage_dir("distill") / "student.pt"
+        teacher = _teacher_reference(ctx)
+        for role, src in (("teacher", teacher), ("student", student_pt)):
+            if src is None:
+                continue
+            fmt = "pytorch" if src.suffix == ".pt" else "onnx"
+            row = measure_on_host(
+                src, vals, threads=m.threads, warmup=m.warmup, runs=m.runs, flip=m.flip, name=role
+            )
+            rows.append(
+                {
+                    "name": f"{role}-{fmt}-fp32",
+                    "format": fmt,
+                    "precision": "fp32",
+                    "target": "host",
+                    "role": role,
+                    "path": str(src),
+                    "size_bytes": src.stat().st_size,
+                    "sha256": sha256_file(src),
+                    **row,
+                }
+            )
+        rows += [
+            {"role": "artifact", **r}
+            for r in measure_rows(
+                artifacts,
+                export_dir,
+                vals,
+                target=ctx.target,
+                threads=m.threads,
+                warmup=m.warmup,
+                runs=m.runs,
+                flip=m.flip,
+                progress=ctx.progress,
+            )
+        ]
+        results = {"target": ctx.target, "rows": rows}
+        write_json(work / "results.json", results)
+        write_json(ctx.run.root / "results.json", results)
+        return StageOutcome(["results.json"], {"rows": len(rows)})
+
+    return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _teacher_reference(ctx: Context) -> Path | None:
+    t = ctx.cfg.teacher
+    if t.onnx:
+        return Path(t.onnx)
+    if t.checkpoint:
+        return Path(t.checkpoint)
+    p = ctx.run.stage_dir("teacher") / "teacher.pt"
+    return p if p.exists() else None
+
+
+def _verify_artifact_hashes(export_dir: Path, artifacts: list[dict[str, Any]]) -> None:
+    """Refuse to measure a file that is not the one the export stage wrote."""
+    from pipeline.runfolder import sha256_file
+
+    for a in artifacts:
+        p = export_dir / a["file"]
+        if not p.is_file():
+            raise InputError(f"{p}: artifact listed in artifacts.json is missing")
+        if sha256_file(p) != a["sha256"]:
+            raise InputError(f"{p}: sha256 does not match artifacts.json (file changed after export)")
+
+
+# -------------------------------------------------------------------------------------------- report
+def stage_report(ctx: Context) -> dict[str, Any]:
+    key = {**_upstream(ctx, "measure", "teacher", "distill")}
+
+    def fn(work: Path) -> StageOutcome:
+        from pipeline.report import render_markdown
+
+        results = json.loads((ctx.run.stage_dir("measure") / "results.json").read_text())
+        text = render_markdown(results, ctx.run.manifest())
+        write_text(work / "report.md", text)
+        write_text(ctx.run.root / "report.md", text)
+        return StageOutcome(["report.md"], {})
+
+    return ctx.run.run("report", key, fn, force=ctx.force, log=ctx.log)
+
+
+STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "data": stage_data,
+    "teacher": stage_teacher,
+    "cache": stage_cache,
+    "distill": stage_distill,
+    "export": stage_export,
+    "measure": stage_measure,
+    "report": stage_report,
+}
+
+
+def run_until(ctx: Context, last: str) -> None:
+    """Run every stage up to and including ``last`` (earlier ones are skipped when current)."""
+    for name in STAGES[: STAGES.index(last) + 1]:
+        force = ctx.force and name == last
+        STAGE_FUNCS[name](Context(**{**ctx.__dict__, "force": force}))

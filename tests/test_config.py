@@ -1,0 +1,75 @@
+"""Config loading: presets, YAML/TOML files, and one-line errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from distill.config import PRESETS, Config, load_config, to_dict, validate
+from distill.errors import InputError
+
+
+def test_defaults_then_preset_then_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("distill:\n  train:\n    lr: 0.05\n  losses:\n    - {name: arcface, weight: 1}\n")
+    cfg = load_config(f, preset="tiny")
+    assert cfg.distill.train.lr == 0.05  # file wins over preset
+    assert cfg.distill.train.batch_size == PRESETS["tiny"]["distill"]["train"]["batch_size"]  # preset kept
+    assert [s.name for s in cfg.distill.losses] == ["arcface"]  # lists replace, not merge
+    assert cfg.teacher.arch == Config().teacher.arch  # untouched default
+    validate(cfg)
+
+
+def test_toml_file(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[teacher]\narch = "iresnet50"\n[data.synth]\ndifficulty = 0.25\n')
+    cfg = load_config(f)
+    assert cfg.teacher.arch == "iresnet50"
+    assert cfg.data.synth.difficulty == 0.25
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("distill:\n  train:\n    lr: fast\n", "distill.train.lr: expected a number, got 'fast'"),
+        ("distil:\n  x: 1\n", "unknown key 'distil'"),
+        (
+            "distill:\n  losses:\n    - {name: arcface, wieght: 1}\n",
+            "distill.losses[0]: unknown key 'wieght'",
+        ),
+        ("measure:\n  flip: 3\n", "measure.flip: expected true/false"),
+        ("data:\n  val: lfw.bin\n", "data.val: expected a list"),
+        ("- 1\n- 2\n", "must be a mapping"),
+        ("a: [1,\n", "cannot parse config"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, expected):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config(f)
+    assert expected in str(err.value)
+    assert str(err.value).startswith(f"{f}: ")  # names the file first
+    assert "\n" not in str(err.value)
+
+
+def test_range_checks():
+    cfg = load_config(overrides={"data": {"synth": {"difficulty": 1.5}}})
+    with pytest.raises(InputError, match="data.synth.difficulty"):
+        validate(cfg)
+    cfg = load_config(overrides={"teacher": {"train": {"amp": "fp8"}}})
+    with pytest.raises(InputError, match="teacher.train.amp"):
+        validate(cfg)
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(InputError, match="unknown preset 'huge'"):
+        load_config(preset="huge")
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_every_preset_is_valid():
+    for name in PRESETS:
+        cfg = load_config(preset=name)
+        validate(cfg)
+        assert to_dict(cfg)["distill"]["arch"] == "mobilefacenet"

@@ -1,0 +1,134 @@
+"""The training loop: exact resume from a checkpoint, NaN stop naming the term, throughput reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distill.config import LossSpec, TrainConfig
+from distill.engine.train import NonFiniteLoss, TeacherTargets, TrainJob, lr_at, total_steps, train
+from distill.losses import LossDims, build_losses
+
+
+class TinyFaces:
+    """20 images of 4 identities; each identity has its own mean colour."""
+
+    def __init__(self, n=20, classes=4, seed=0):
+        rng = np.random.default_rng(seed)
+        self.labels = np.arange(n) % classes
+        base = rng.integers(0, 255, size=(classes, 1, 1, 3))
+        noise = rng.integers(-30, 30, size=(n, 112, 112, 3))
+        self.images = np.clip(base[self.labels] + noise, 0, 255).astype(np.uint8)
+        self.num_classes = classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+class TinyNet(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 8, stride=8)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 14 * 14, dim)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def make_job(tmp_path, steps=6, teacher=True, stop=0, specs=None):
+    torch.manual_seed(0)
+    data = TinyFaces()
+    cache = None
+    if teacher:
+        rng = np.random.default_rng(1)
+        cache = TeacherTargets(
+            rng.normal(size=(20, 6)).astype(np.float32), rng.normal(size=(20, 6)).astype(np.float32)
+        )
+    specs = specs or (
+        [LossSpec("arcface", 1.0), LossSpec("feature_l2", 2.0)] if teacher else [LossSpec("arcface")]
+    )
+    terms = build_losses(specs, LossDims(8, 6 if teacher else None, 4))
+    cfg = TrainConfig(epochs=100, batch_size=4, lr=0.05, checkpoint_every=2, max_steps=steps, seed=3)
+    return TrainJob(
+        name="t",
+        model=TinyNet(),
+        losses=terms,
+        weights={k: s.weight for k, s in zip(terms.keys(), specs, strict=True)},
+        dataset=data,
+        cfg=cfg,
+        out_dir=tmp_path,
+        teacher=cache,
+        progress=False,
+        stop_after_step=stop,
+    )
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    full = make_job(tmp_path / "full")
+    train(full)
+    part = make_job(tmp_path / "split", stop=3)  # "crash" after step 3; checkpoint exists at step 2
+    s1 = train(part)
+    assert s1.steps == 3
+    resumed = make_job(tmp_path / "split")
+    s2 = train(resumed)
+    assert s2.resumed_from_step == 2 and s2.steps == 6
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    for a, b in zip(full.losses.state_dict().values(), resumed.losses.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_training_reduces_the_loss_on_the_whole_set(tmp_path):
+    from distill.data.transforms import to_model_input
+    from distill.losses import LossInputs
+
+    job = make_job(
+        tmp_path, steps=60, teacher=False, specs=[LossSpec("arcface", 1.0, {"scale": 16.0, "margin": 0.2})]
+    )
+    job.cfg.lr, job.cfg.batch_size, job.cfg.checkpoint_every = 0.01, 8, 100
+    data = job.dataset
+    x, y = to_model_input(data.images), torch.as_tensor(data.labels)
+
+    def full_loss():
+        job.model.eval()
+        with torch.no_grad():
+            return job.losses["arcface"](LossInputs(student=job.model(x), labels=y)).item()
+
+    before = full_loss()
+    summary = train(job)
+    after = full_loss()
+    assert after < 0.5 * before
+    assert summary.images_per_second > 0
+
+
+def test_non_finite_loss_names_the_term_and_keeps_the_last_checkpoint(tmp_path):
+    job = make_job(tmp_path, steps=6)
+    original = job.losses["feature_l2"].forward
+    calls = {"n": 0}
+
+    def poisoned(inputs):
+        calls["n"] += 1
+        value = original(inputs)
+        return value * float("nan") if inputs.step == 4 else value
+
+    job.losses["feature_l2"].forward = poisoned
+    with pytest.raises(NonFiniteLoss, match=r"'feature_l2' is nan at step 4"):
+        train(job)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4  # the failing step (index 4) is the 5th; the checkpoint after 4 steps is kept
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_schedule_and_step_count():
+    cfg = TrainConfig(epochs=2.5, batch_size=4, lr=1.0, warmup_steps=2)
+    assert total_steps(cfg, 21) == 13  # 5 full batches per epoch x 2.5 = 12.5 -> 13
+    assert lr_at(0, cfg, 10) == pytest.approx(0.5)
+    assert lr_at(1, cfg, 10) == pytest.approx(1.0)
+    assert lr_at(2, cfg, 10) == pytest.approx(1.0)
+    assert lr_at(6, cfg, 10) == pytest.approx((1 - 4 / 8) ** 2)

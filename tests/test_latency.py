@@ -1,0 +1,100 @@
+"""Latency statistics: percentiles against hand computation, a fake clock for the timing loop."""
+
+from __future__ import annotations
+
+import gc
+import math
+
+import numpy as np
+import pytest
+
+from devices.latency import LatencyStats, measure_embedder_latency, measure_latency, stats_from_samples
+
+
+def test_percentiles_of_1_to_10_by_hand():
+    # Linear interpolation at rank q/100 * (n - 1) of the sorted samples (0-based):
+    # p50 -> rank 4.5 -> 5 + 0.5 * (6 - 5) = 5.5 ; p90 -> rank 8.1 -> 9.1 ; p99 -> rank 8.91 -> 9.91
+    samples = [7.0, 1.0, 10.0, 3.0, 5.0, 2.0, 9.0, 4.0, 8.0, 6.0]  # unsorted on purpose
+    s = stats_from_samples(samples, warmup=3, threads=2, batch_size=1)
+    assert s.p50 == pytest.approx(5.5)
+    assert s.p90 == pytest.approx(9.1)
+    assert s.p99 == pytest.approx(9.91)
+    assert s.mean == pytest.approx(5.5)
+    assert s.std == pytest.approx(math.sqrt(8.25))  # population std: mean of squared deviations = 8.25
+    assert (s.min, s.max, s.runs, s.warmup, s.threads, s.batch_size) == (1.0, 10.0, 10, 3, 2, 1)
+
+
+def test_percentiles_with_an_outlier_by_hand():
+    # sorted: 2, 2, 3, 4, 100 (n = 5): p50 rank 2 -> 3 ; p90 rank 3.6 -> 4 + 0.6 * 96 = 61.6 ;
+    # p99 rank 3.96 -> 4 + 0.96 * 96 = 96.16
+    s = stats_from_samples(np.array([3.0, 100.0, 2.0, 4.0, 2.0]))
+    assert (s.p50, s.p90, s.p99) == (pytest.approx(3.0), pytest.approx(61.6), pytest.approx(96.16))
+    assert s.mean == pytest.approx(22.2)
+
+
+def test_single_sample_and_empty():
+    s = stats_from_samples([4.2])
+    assert s.p50 == s.p99 == s.min == s.max == s.mean == pytest.approx(4.2) and s.std == 0.0
+    with pytest.raises(ValueError):
+        stats_from_samples([])
+
+
+class FakeClock:
+    """A nanosecond clock that only moves when the fake workload says so."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_measure_latency_times_each_call_after_warmup():
+    clock = FakeClock()
+    durations_ms = [50.0] * 4 + [1.0, 3.0, 2.0, 4.0, 5.0]  # the 4 warm-up calls are slow and must not count
+    calls = []
+
+    def run_once():
+        calls.append(gc.isenabled())
+        clock.now += int(durations_ms[len(calls) - 1] * 1e6)
+
+    s = measure_latency(run_once, warmup=4, runs=5, threads=3, batch_size=1, clock_ns=clock)
+    assert isinstance(s, LatencyStats)
+    assert len(calls) == 9
+    assert calls[:4] == [True] * 4 and calls[4:] == [False] * 5  # GC paused only while timing
+    assert gc.isenabled()
+    assert (s.min, s.max, s.p50, s.mean) == (1.0, 5.0, 3.0, 3.0)
+    assert (s.runs, s.warmup, s.threads, s.batch_size) == (5, 4, 3, 1)
+
+
+def test_measure_latency_with_the_real_clock_sees_real_work():
+    def busy():
+        sum(range(20000))
+
+    s = measure_latency(busy, warmup=1, runs=20)
+    assert s.runs == 20 and 0 < s.min <= s.p50 <= s.p90 <= s.p99 <= s.max
+    with pytest.raises(ValueError):
+        measure_latency(busy, runs=0)
+    with pytest.raises(ValueError):
+        measure_latency(busy, warmup=-1)
+
+
+class FakeEmbedder:
+    name, format, batch_size, num_threads, input_chw = "fake", "onnx", 4, 2, (3, 8, 8)
+
+    def __init__(self) -> None:
+        self.inputs = []
+
+    def latency_input(self, batch_size=None, seed=0):
+        return np.zeros((self.batch_size, *self.input_chw), np.float32)
+
+    def run_once(self, x):
+        self.inputs.append(x)
+        return x.sum()
+
+
+def test_measure_embedder_latency_records_threads_and_batch():
+    emb = FakeEmbedder()
+    s = measure_embedder_latency(emb, warmup=2, runs=7)
+    assert (s.threads, s.batch_size, s.runs, s.warmup) == (2, 4, 7, 2)
+    assert len(emb.inputs) == 9 and all(x is emb.inputs[0] for x in emb.inputs)  # one input, built once

@@ -1,0 +1,197 @@
+"""Host runtimes: batching of fixed-batch artifacts, torch/ONNX agreement, int8 I/O helpers, dispatch."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from deploy import runtimes
+from deploy.onnx_export import export_onnx
+from deploy.runtimes import (
+    OnnxEmbedder,
+    TfliteEmbedder,
+    TorchEmbedder,
+    dequantize_output,
+    load_embedder,
+    quantize_input,
+)
+from distill.errors import InputError
+
+EMB_DIM = 24
+
+
+class SmallFaceNet(nn.Module):
+    """conv-bn-prelu, depthwise conv, global depthwise conv, linear, BatchNorm1d (MobileFaceNet's pieces)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 12, 3, 4, 1, bias=False), nn.BatchNorm2d(12), nn.PReLU(12))
+        self.dw = nn.Sequential(
+            nn.Conv2d(12, 12, 3, 2, 1, groups=12, bias=False), nn.BatchNorm2d(12), nn.PReLU(12)
+        )
+        self.gdc = nn.Sequential(nn.Conv2d(12, 12, 14, groups=12, bias=False), nn.BatchNorm2d(12))
+        self.fc = nn.Linear(12, EMB_DIM)
+        self.bn = nn.BatchNorm1d(EMB_DIM)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.fc(torch.flatten(self.gdc(self.dw(self.stem(x))), 1)))
+
+
+@pytest.fixture(scope="module")
+def net() -> SmallFaceNet:
+    torch.manual_seed(3)
+    m = SmallFaceNet()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.BatchNorm2d | nn.BatchNorm1d):
+                mod.running_mean.normal_(0, 0.3)
+                mod.running_var.uniform_(0.3, 3.0)
+                mod.weight.normal_(1.0, 0.2)
+                mod.bias.normal_(0, 0.1)
+            elif isinstance(mod, nn.PReLU):
+                mod.weight.uniform_(-0.2, 0.5)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_paths(net, tmp_path_factory) -> dict[str, object]:
+    d = tmp_path_factory.mktemp("onnx")
+    return {
+        "b1": export_onnx(net, d / "b1.onnx", batch_size=1),
+        "b4": export_onnx(net, d / "b4.onnx", batch_size=4),
+        "dyn": export_onnx(net, d / "dyn.onnx", batch_size=None),
+    }
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=(n, 3, 112, 112)).astype(np.float32)
+
+
+def reference(net: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([net(torch.from_numpy(x[i : i + 1])) for i in range(len(x))]).numpy()
+
+
+def test_fixed_batch_1_embeds_5_inputs_like_per_sample_calls(net, onnx_paths):
+    emb = OnnxEmbedder(onnx_paths["b1"], num_threads=1)
+    assert (emb.format, emb.batch_size, emb.num_threads, emb.input_chw) == ("onnx", 1, 1, (3, 112, 112))
+    x = images(5)
+    got = emb.embed(x)
+    sess = ort.InferenceSession(str(onnx_paths["b1"]), providers=["CPUExecutionProvider"])
+    per_sample = np.concatenate([sess.run(None, {"input": x[i : i + 1]})[0] for i in range(5)])
+    assert got.shape == (5, EMB_DIM) and got.dtype == np.float32
+    np.testing.assert_allclose(got, per_sample, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got, reference(net, x), rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_batch_4_pads_the_last_chunk(net, onnx_paths):
+    emb = OnnxEmbedder(onnx_paths["b4"], num_threads=1)
+    assert emb.batch_size == 4
+    x = images(5, seed=1)
+    np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-4, atol=1e-4)
+    assert emb.run_once(x[:4]).shape == (4, EMB_DIM)
+
+
+def test_dynamic_batch_is_chunked(net, onnx_paths, monkeypatch):
+    emb = OnnxEmbedder(onnx_paths["dyn"], num_threads=1)
+    assert emb.batch_size is None
+    seen = []
+    real_run = emb.run_once
+    monkeypatch.setattr(runtimes, "DYNAMIC_CHUNK", 2)
+    monkeypatch.setattr(emb, "run_once", lambda x: seen.append(len(x)) or real_run(x))
+    x = images(5, seed=2)
+    np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-4, atol=1e-4)
+    assert seen == [2, 2, 1]
+
+
+def test_torch_embedder_matches_model_and_leaves_it_alone(net):
+    model = SmallFaceNet()
+    model.load_state_dict(net.state_dict())
+    model.train()
+    emb = TorchEmbedder(model, num_threads=1)
+    assert (emb.format, emb.batch_size, emb.name) == ("pytorch", None, "SmallFaceNet")
+    threads_before = torch.get_num_threads()
+    x = images(3, seed=4)
+    np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-5, atol=1e-5)
+    assert torch.get_num_threads() == threads_before
+    assert model.training  # the embedder evaluated a copy
+
+
+def test_wrong_input_shape_names_the_artifact(onnx_paths, net):
+    emb = OnnxEmbedder(onnx_paths["b1"], num_threads=1)
+    with pytest.raises(InputError, match="b1.onnx"):
+        emb.embed(np.zeros((2, 3, 96, 96), np.float32))
+    with pytest.raises(InputError):
+        TorchEmbedder(net).embed(np.zeros((3, 112, 112), np.float32))
+    with pytest.raises(InputError, match="b1.onnx"):
+        emb.embed(np.zeros((0, 3, 112, 112), np.float32))
+
+
+def test_latency_input_has_the_artifact_shape(onnx_paths, net):
+    fixed = OnnxEmbedder(onnx_paths["b4"], num_threads=1)
+    x = fixed.latency_input()
+    assert x.shape == (4, 3, 112, 112) and x.dtype == np.float32
+    assert x.min() >= -1 and x.max() <= 1
+    with pytest.raises(InputError):
+        fixed.latency_input(batch_size=2)
+    assert OnnxEmbedder(onnx_paths["dyn"], num_threads=1).latency_input(3).shape == (3, 3, 112, 112)
+    assert TorchEmbedder(net).latency_input().shape == (1, 3, 112, 112)
+
+
+def test_quantize_rounds_half_away_from_zero_and_clamps():
+    x = np.array([0.25, -0.25, 0.74, 100.0, -100.0], np.float32)
+    # scale 0.5, zero point 3: x/0.5 = 0.5, -0.5, 1.48, 200, -200 -> rounded 1, -1, 1, 200, -200 -> +3
+    q = quantize_input(x, 0.5, 3, np.int8)
+    assert q.dtype == np.int8
+    assert q.tolist() == [4, 2, 4, 127, -128]
+    qu = quantize_input(x, 0.5, 128, np.uint8)
+    assert qu.dtype == np.uint8 and qu.tolist() == [129, 127, 129, 255, 0]
+    with pytest.raises(ValueError):
+        quantize_input(x, 0.0, 0, np.int8)
+
+
+def test_dequantize_output():
+    q = np.array([[-128, -3, 0, 127]], np.int8)
+    got = dequantize_output(q, 0.1, -3)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, [[-12.5, 0.0, 0.3, 13.0]], rtol=1e-6)
+
+
+def test_load_embedder_dispatch(net, onnx_paths, tmp_path, monkeypatch):
+    assert isinstance(load_embedder(onnx_paths["b1"], num_threads=1), OnnxEmbedder)
+    assert isinstance(load_embedder(net, num_threads=1), TorchEmbedder)
+
+    with pytest.raises(InputError, match="model.h5"):
+        load_embedder(tmp_path / "model.h5")
+    with pytest.raises(InputError, match="not found"):
+        load_embedder(tmp_path / "missing.onnx")
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(InputError, match="garbage.onnx"):
+        load_embedder(bad)
+    bad_tflite = tmp_path / "garbage.tflite"
+    bad_tflite.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="garbage.tflite"):
+        TfliteEmbedder(bad_tflite)
+
+    calls = []
+
+    def fake_load_model(path, map_location="cpu"):
+        calls.append(path)
+        return net, {"arch": "small"}
+
+    fake = types.ModuleType("distill.models.checkpoint")
+    fake.load_model = fake_load_model
+    monkeypatch.setitem(sys.modules, "distill.models.checkpoint", fake)
+    ckpt = tmp_path / "student.pt"
+    ckpt.write_bytes(b"placeholder")
+    emb = load_embedder(ckpt, num_threads=1)
+    assert isinstance(emb, TorchEmbedder) and emb.name == "student.pt" and calls == [ckpt]
+    x = images(2, seed=5)
+    np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-5, atol=1e-5)
