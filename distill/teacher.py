@@ -16,7 +16,7 @@ import torch
 
 from distill.atomic import atomic_path
 from distill.config import TeacherConfig
-from distill.engine.device import resolve_device
+from distill.engine.device import channels_last_is_safe, resolve_device
 from distill.errors import InputError
 
 
@@ -44,12 +44,13 @@ def load_teacher(cfg: TeacherConfig, trained_checkpoint: Path | None = None) -> 
 
     device = resolve_device("auto")
     model, meta = load_model(path)
-    model = model.to(device).eval()
+    fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
+    model = model.to(device, memory_format=fmt).eval()
     extra = meta.get("extra") or {}
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(x.to(device)).float().cpu()
+            return model(x.to(device).contiguous(memory_format=fmt)).float().cpu()
 
     dim = int(meta["arch_kwargs"]["embedding_dim"])
     return Teacher(

@@ -155,7 +155,9 @@ class RunFolder:
         try:
             outcome = fn(work)
         except InputError:
-            shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing behind
+            # Bad input: leave nothing behind, unless it surfaced mid-training with checkpoints to resume.
+            if not resumed and not (work / "checkpoints").exists():
+                shutil.rmtree(work, ignore_errors=True)
             raise
         seconds = time.time() - started
         outputs, sizes = {}, {}

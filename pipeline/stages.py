@@ -223,6 +223,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
 
         train, vals = load_data(ctx)
         plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
+        head = _teacher_head(ctx)
         _, summary = fit_model(
             name="student",
             arch=s.arch,
@@ -239,6 +240,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
             workers=ctx.cfg.data.workers,
             progress=ctx.progress,
             where="distill.losses",
+            teacher_head=head,
         )
         metrics = {
             "images_per_second": summary.images_per_second,
@@ -250,6 +252,18 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
         return StageOutcome(["student.pt", "student.json", "history.json"], metrics)
 
     return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _teacher_head(ctx: Context) -> Any:
+    """The teacher's class centres, for the methods that reuse its classifier (None for ONNX teachers)."""
+    if ctx.cfg.teacher.onnx:
+        return None
+    from distill.models.checkpoint import load_model
+
+    t = ctx.cfg.teacher
+    path = Path(t.checkpoint) if t.checkpoint else ctx.run.stage_dir("teacher") / "teacher.pt"
+    _, meta = load_model(path)
+    return (meta.get("extra") or {}).get("head_weight")
 
 
 # -------------------------------------------------------------------------------------------- export

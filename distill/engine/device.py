@@ -36,3 +36,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+def channels_last_is_safe(model: torch.nn.Module) -> bool:
+    """False when a conv has fewer than 16 output channels.
+
+    torch 2.13's CPU (oneDNN) backward segfaulted on channels-last convs with 8 channels (an iResNet of
+    width 8, seen here); nets that narrow train in the default layout instead.
+    """
+    return all(m.out_channels >= 16 for m in model.modules() if isinstance(m, torch.nn.Conv2d))

@@ -26,7 +26,7 @@ from distill.atomic import write_json
 from distill.config import TrainConfig, config_hash
 from distill.data.transforms import hflip_nchw, to_model_input
 from distill.engine.checkpoint import load_train_state, save_train_state
-from distill.engine.device import autocast, resolve_amp_dtype, resolve_device
+from distill.engine.device import autocast, channels_last_is_safe, resolve_amp_dtype, resolve_device
 from distill.engine.sampler import ResumableBatchSampler
 from distill.losses.base import LossInputs
 
@@ -117,7 +117,8 @@ def train(job: TrainJob) -> TrainSummary:
         {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys())}
     )
 
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    use_nhwc = cfg.channels_last and channels_last_is_safe(job.model)
+    memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
     params = [p for p in list(model.parameters()) + list(losses.parameters()) if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -228,7 +229,7 @@ def train(job: TrainJob) -> TrainSummary:
                 break
     finally:
         bar.close()
-    if step == steps and job.evaluate:
+    if step == steps and job.evaluate and cfg.eval_every:
         evaluations.append(_evaluate(job, model, step, writer))
         save(step)
     writer.close()

@@ -7,13 +7,26 @@ from torch import nn
 from distill.config import LossSpec
 from distill.errors import InputError
 from distill.losses.base import LossDims, LossInputs, LossTerm
+from distill.losses.classifier_sharing import TeacherHeadLoss
+from distill.losses.coupleface import CoupleFaceLoss
+from distill.losses.ekd import EKDLoss
 from distill.losses.feature_l2 import FeatureL2Loss
+from distill.losses.iled import ILEDLoss
 from distill.losses.margin import ArcFaceLoss, CosFaceLoss
+from distill.losses.margin_distillation import MarginDistillationLoss
+from distill.losses.rpsd import RPSDLoss
 
+# name in the config -> loss term class (each module's docstring gives the formula and its source)
 LOSSES: dict[str, type[LossTerm]] = {
     "arcface": ArcFaceLoss,
     "cosface": CosFaceLoss,
     "feature_l2": FeatureL2Loss,
+    "iled": ILEDLoss,
+    "rpsd": RPSDLoss,
+    "ekd": EKDLoss,
+    "coupleface": CoupleFaceLoss,
+    "teacher_head": TeacherHeadLoss,
+    "margin_distillation": MarginDistillationLoss,
 }
 
 __all__ = ["LOSSES", "LossDims", "LossInputs", "LossTerm", "build_losses"]
@@ -34,7 +47,7 @@ def build_losses(specs: list[LossSpec], dims: LossDims, where: str = "losses") -
             raise InputError(f"{where}[{i}]: loss '{spec.name}' needs a teacher, and this run has none")
         try:
             term = cls(dims, **spec.params)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise InputError(f"{where}[{i}].params: {exc}") from None
         key = spec.name if spec.name not in terms else f"{spec.name}#{i}"
         terms[key] = term

@@ -20,6 +20,7 @@ class LossDims:
     student_dim: int
     teacher_dim: int | None  # None when no teacher takes part (teacher training, no-KD baseline)
     num_classes: int
+    teacher_head: torch.Tensor | None = None  # (num_classes, teacher_dim) class centres of the teacher's head
 
 
 @dataclass

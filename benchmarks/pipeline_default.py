@@ -1,0 +1,122 @@
+"""Benchmark: the whole default pipeline on this machine, against the walking-skeleton targets.
+
+Runs ``python -m pipeline all --target host`` with the default preset in a fresh run folder, then checks
+  * wall time <= 15 minutes,
+  * teacher accuracy > distilled-student accuracy > 50 % + margin on the synthetic verification set,
+  * student training throughput (img/s) is recorded in the manifest,
+prints a table and writes ``benchmarks/results/pipeline_default.json``.
+
+    python benchmarks/pipeline_default.py [--out runs/bench-default] [--margin 0.05] [--preset default]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench-default")
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--margin", type=float, default=0.05, help="student must beat 50%% by this much")
+    ap.add_argument("--budget-min", type=float, default=15.0)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "pipeline_default.json"))
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.time()
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "all",
+        "--target",
+        "host",
+        "--preset",
+        args.preset,
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        print(f"pipeline failed with exit code {proc.returncode}")
+        return proc.returncode
+
+    results = json.loads((out / "results.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_role = {}
+    for r in results["rows"]:
+        by_role.setdefault(r["role"], []).append(r)
+    teacher, student = by_role["teacher"][0], by_role["student"][0]
+    stage_seconds = {k: v["seconds"] for k, v in manifest["stages"].items()}
+    ips = manifest["stages"]["distill"]["metrics"]["images_per_second"]
+    checks = {
+        f"wall time <= {args.budget_min:.0f} min": wall <= args.budget_min * 60,
+        "teacher > student": teacher["accuracy"] > student["accuracy"],
+        f"student > 50% + {100 * args.margin:.0f} points": student["accuracy"] > 0.5 + args.margin,
+        "student img/s in manifest": ips > 0,
+    }
+    print()
+    print(f"{'row':<28}{'accuracy %':>12}{'± std':>8}{'p50 ms':>10}")
+    for r in results["rows"]:
+        if r["target"] != "host":
+            continue
+        label = r["role"] if r["role"] != "artifact" else r["name"]
+        acc, std, p50 = 100 * r["accuracy"], 100 * r["accuracy_std"], r["latency_ms"]["p50"]
+        print(f"{label:<28}{acc:>12.2f}{std:>8.2f}{p50:>10.2f}")
+    print()
+    print("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items()))
+    print(f"wall time {wall / 60:.1f} min; student training {ips:.1f} img/s")
+    for name, ok in checks.items():
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    record = {
+        "benchmark": "pipeline_default",
+        "preset": args.preset,
+        "wall_seconds": round(wall, 1),
+        "stage_seconds": stage_seconds,
+        "student_images_per_second": ips,
+        "teacher_accuracy": teacher["accuracy"],
+        "student_accuracy": student["accuracy"],
+        "rows": [
+            {
+                k: r.get(k)
+                for k in (
+                    "name",
+                    "role",
+                    "format",
+                    "target",
+                    "measured_on",
+                    "accuracy",
+                    "accuracy_std",
+                    "tar_at_far",
+                    "latency_ms",
+                    "size_bytes",
+                )
+            }
+            for r in results["rows"]
+        ],
+        "checks": checks,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""The one command, end to end on the tiny preset, plus the skip rules and bad-input behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.runfolder import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def host_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "host"
+    assert main(["all", "--preset", "tiny", "--target", "host", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_all_writes_results_for_every_artifact(host_run):
+    results = json.loads((host_run / "results.json").read_text())
+    rows = results["rows"]
+    formats = {(r["role"], r["format"]) for r in rows}
+    assert {
+        ("teacher", "pytorch"),
+        ("student", "pytorch"),
+        ("artifact", "onnx"),
+        ("artifact", "tflite"),
+    } <= formats
+    for r in rows:
+        assert r["measured_on"] == "host-cpu" and r["target"] == "host"
+        assert set(r["latency_ms"]) >= {"p50", "p90", "p99"}
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p90"] <= r["latency_ms"]["p99"]
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["accuracy_std"] >= 0.0
+        assert Path(r["path"]).stat().st_size == r["size_bytes"]
+        assert sha256_file(Path(r["path"])) == r["sha256"]
+    art = {r["format"]: r for r in rows if r["role"] == "artifact"}
+    student = next(r for r in rows if r["role"] == "student")
+    # the exported files are the student: same verification accuracy as PyTorch (parity >= 0.9999)
+    assert art["onnx"]["accuracy"] == pytest.approx(student["accuracy"], abs=0.051)
+    assert art["tflite"]["accuracy"] == pytest.approx(student["accuracy"], abs=0.051)
+    exported = json.loads((host_run / "export" / "artifacts.json").read_text())["artifacts"]
+    assert all(a["parity"]["passed"] and a["parity"]["cos_min"] >= 0.9999 for a in exported)
+    report = (host_run / "report.md").read_text()
+    assert "| student-tflite-fp32 | tflite | fp32 | host | host-cpu |" in report
+    manifest = json.loads((host_run / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["data", "teacher", "cache", "distill", "export", "measure", "report"]
+    assert manifest["stages"]["distill"]["metrics"]["images_per_second"] > 0
+    assert not list(host_run.glob(".*.work"))  # nothing half-finished left behind
+
+
+def test_rerun_skips_current_stages_and_reruns_changed_ones(host_run, capsys, tmp_path):
+    assert main(["all", "--out", str(host_run), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("data", "teacher", "cache", "distill", "export", "measure", "report"):
+        assert f"[{stage}] up to date, skipped" in out
+    cfg = tmp_path / "change.yaml"
+    cfg.write_text("measure:\n  runs: 7\n")
+    assert (
+        main(["measure", "--preset", "tiny", "--config", str(cfg), "--out", str(host_run), "--no-progress"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "[distill] up to date, skipped" in out and "[measure] running" in out
+    rows = json.loads((host_run / "results.json").read_text())["rows"]
+    assert rows[0]["latency_settings"]["runs"] == 7
+
+
+def test_evaluate_command_matches_the_measured_row(host_run, capsys):
+    results = json.loads((host_run / "results.json").read_text())
+    onnx_row = next(r for r in results["rows"] if r["format"] == "onnx")
+    val = host_run / "data" / "synth_val.bin"
+    assert main(["evaluate", "--model", onnx_row["path"], "--data", str(val), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(onnx_row["accuracy"])
+    assert main(["data", "info", str(val), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["pairs"] == got["pairs"]
+
+
+def test_jetson_target_labels_device_rows_not_measured(tmp_path):
+    out = tmp_path / "jetson"
+    assert main(["all", "--preset", "tiny", "--target", "jetson", "--out", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    device = [r for r in rows if r["target"] == "jetson"]
+    assert device and all(r["format"] == "onnx" for r in device)
+    for r in device:
+        assert r["latency_ms"] is None and r["measured_on"] == "host-cpu"
+        assert "not measured on device" in r["latency_note"]
+    assert not any(r["format"] == "tflite" for r in rows)
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def _real_data_config(tmp_path, train: Path, val: Path) -> Path:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data:\n  train: {train}\n  val: [{val}]\n")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from distill.data.synth import SynthSpec, synthesize
+
+    d = tmp_path_factory.mktemp("synth")
+    synthesize(d, SynthSpec.tiny(), progress=False)
+    return d
+
+
+def _bad_run(tmp_path, capsys, cfg: Path, stage: str = "teacher") -> str:
+    out = tmp_path / "run"
+    code = main([stage, "--preset", "tiny", "--config", str(cfg), "--out", str(out), "--no-progress"])
+    assert code == 2
+    line = _one_error_line(capsys)
+    if out.exists():  # only the run's settings; no stage folder, work folder or manifest
+        assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    return line
+
+
+def test_missing_rec_is_one_clear_error(tmp_path, capsys, synth_data):
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "train.idx").write_bytes((synth_data / "train.idx").read_bytes())
+    line = _bad_run(tmp_path, capsys, _real_data_config(tmp_path, train, synth_data / "synth_val.bin"))
+    assert "train.rec" in line
+
+
+def test_truncated_rec_is_one_clear_error(tmp_path, capsys, synth_data):
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "train.idx").write_bytes((synth_data / "train.idx").read_bytes())
+    data = (synth_data / "train.rec").read_bytes()
+    (train / "train.rec").write_bytes(data[: len(data) // 2])
+    line = _bad_run(tmp_path, capsys, _real_data_config(tmp_path, train, synth_data / "synth_val.bin"))
+    assert "train.rec" in line
+
+
+def test_bin_with_unexpected_content(tmp_path, capsys, synth_data):
+    import pickle
+
+    bad = tmp_path / "lfw.bin"
+    bad.write_bytes(pickle.dumps({"not": "a verification set"}))
+    line = _bad_run(tmp_path, capsys, _real_data_config(tmp_path, synth_data, bad))
+    assert "lfw.bin" in line
+
+
+def test_wrong_image_size(tmp_path, capsys, synth_data):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96)).save(buf, format="JPEG")
+    from distill.data.verification_bin import write_verification_bin
+
+    bad = tmp_path / "small.bin"
+    write_verification_bin(bad, [buf.getvalue()] * 4, [True, False])
+    line = _bad_run(tmp_path, capsys, _real_data_config(tmp_path, synth_data, bad))
+    assert "small.bin" in line and "96" in line
+
+
+def test_unknown_model_name_and_bad_config_value(tmp_path, capsys):
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("distill:\n  arch: mobilenetv9\n")
+    assert (
+        main(
+            ["all", "--preset", "tiny", "--config", str(cfg), "--out", str(tmp_path / "r1"), "--no-progress"]
+        )
+        == 2
+    )
+    assert "mobilenetv9" in _one_error_line(capsys)
+    assert not (tmp_path / "r1" / "distill").exists()
+    cfg.write_text("distill:\n  train:\n    batch_size: many\n")
+    assert main(["all", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 2
+    line = _one_error_line(capsys)
+    assert str(cfg) in line and "distill.train.batch_size" in line
+    assert not (tmp_path / "r2").exists()
+
+
+def test_idx_pointing_past_the_end(tmp_path, capsys, synth_data):
+    train = tmp_path / "train"
+    train.mkdir()
+    (train / "train.rec").write_bytes((synth_data / "train.rec").read_bytes())
+    lines = (synth_data / "train.idx").read_text().splitlines()
+    key = lines[1].split("\t")[0]
+    lines[1] = f"{key}\t{10**9}"
+    (train / "train.idx").write_text("\n".join(lines) + "\n")
+    line = _bad_run(
+        tmp_path, capsys, _real_data_config(tmp_path, train, synth_data / "synth_val.bin"), "distill"
+    )
+    assert "train" in line
