@@ -38,6 +38,7 @@ def fit_model(
     workers: int = 0,
     progress: bool = True,
     where: str = "losses",
+    teacher_head: torch.Tensor | None = None,
     stop_after_step: int = 0,
 ) -> tuple[Path, TrainSummary]:
     """Train ``arch`` with the weighted ``losses``; write ``<out_dir>/<name>.pt`` (facekd model format)."""
@@ -45,7 +46,10 @@ def fit_model(
     arch_kwargs = {"embedding_dim": embedding_dim, **arch_params}
     model = build_backbone(arch, **arch_kwargs)
     dims = LossDims(
-        student_dim=embedding_dim, teacher_dim=teacher.dim if teacher else None, num_classes=num_classes
+        student_dim=embedding_dim,
+        teacher_dim=teacher.dim if teacher else None,
+        num_classes=num_classes,
+        teacher_head=teacher_head,
     )
     terms = build_losses(losses, dims, where=where)
     weights = {key: spec.weight for key, spec in zip(terms.keys(), losses, strict=True)}

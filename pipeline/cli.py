@@ -173,7 +173,9 @@ def _context(args: argparse.Namespace) -> Any:
 
     get_target(target)
     run.root.mkdir(parents=True, exist_ok=True)
-    write_json(saved, {"config": to_dict(cfg), "target": target, "preset": args.preset})
+    info = {"config": to_dict(cfg), "target": target, "preset": args.preset}
+    write_json(saved, info)
+    run.describe(info)
     return Context(
         run=run,
         cfg=cfg,

@@ -91,6 +91,7 @@ class StageOutcome:
 class RunFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self.run_info: dict[str, Any] | None = None
 
     # -- manifest -----------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -103,7 +104,13 @@ class RunFolder:
             raise InputError(f"{p}: manifest is not valid JSON; delete it to re-run every stage") from None
 
     def _save_manifest(self, manifest: dict[str, Any]) -> None:
+        if self.run_info is not None:
+            manifest["run"] = self.run_info
         write_json(self.root / MANIFEST, manifest)
+
+    def describe(self, run_info: dict[str, Any]) -> None:
+        """Config and target to record at the top of the manifest when the next stage completes."""
+        self.run_info = run_info
 
     def stage_dir(self, name: str) -> Path:
         return self.root / name
@@ -187,10 +194,3 @@ class RunFolder:
         self._save_manifest(manifest)
         log(f"[{name}] done in {seconds:.1f}s")
         return record
-
-    def invalidate_after(self, order: list[str], name: str) -> None:
-        """Drop manifest records of stages after ``name`` (their inputs changed)."""
-        manifest = self.manifest()
-        for later in order[order.index(name) + 1 :]:
-            manifest["stages"].pop(later, None)
-        self._save_manifest(manifest)

@@ -27,6 +27,7 @@ from distill.config import TrainConfig, config_hash
 from distill.data.transforms import hflip_nchw, to_model_input
 from distill.engine.checkpoint import load_train_state, save_train_state
 from distill.engine.device import autocast, channels_last_is_safe, resolve_amp_dtype, resolve_device
+from distill.engine.distributed import DistInfo, barrier, mean_over_ranks, setup_distributed
 from distill.engine.sampler import ResumableBatchSampler
 from distill.losses.base import LossInputs
 
@@ -99,19 +100,47 @@ class _Batches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         image, label = self.dataset[i]
-        return torch.from_numpy(np.ascontiguousarray(image)), int(label), int(i)
+        return torch.from_numpy(np.array(image, dtype=np.uint8)), int(label), int(i)  # writable copy
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+class _Trainable(nn.Module):
+    """Backbone + loss terms as one module, so DDP syncs the gradients of heads and projectors too."""
+
+    def __init__(self, model: nn.Module, losses: nn.ModuleDict, amp: tuple[torch.device, torch.dtype | None]):
+        super().__init__()
+        self.model, self.losses = model, losses
+        self._amp = amp
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        teacher: torch.Tensor | None,
+        indices: torch.Tensor,
+        step: int,
+    ) -> dict[str, torch.Tensor]:
+        with autocast(*self._amp):
+            emb = self.model(x)
+        inputs = LossInputs(student=emb.float(), labels=labels, teacher=teacher, indices=indices, step=step)
+        return {name: term(inputs) for name, term in self.losses.items()}
+
+
 def train(job: TrainJob) -> TrainSummary:
+    """Run (or resume) ``job`` to its last step; under torchrun each rank runs this same function."""
     cfg = job.cfg
     device = resolve_device(cfg.device)
+    dist_info = setup_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    if cfg.batch_size % dist_info.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {dist_info.world_size} processes")
+    local_batch = cfg.batch_size // dist_info.world_size
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
-    ckpt_dir = job.out_dir / "checkpoints"
-    ckpt_path = ckpt_dir / "last.pt"
+    ckpt_path = job.out_dir / "checkpoints" / "last.pt"
     steps = total_steps(cfg, len(job.dataset))
     fingerprint = config_hash(
         {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys())}
@@ -120,7 +149,8 @@ def train(job: TrainJob) -> TrainSummary:
     use_nhwc = cfg.channels_last and channels_last_is_safe(job.model)
     memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
-    params = [p for p in list(model.parameters()) + list(losses.parameters()) if p.requires_grad]
+    trainable: nn.Module = _Trainable(model, losses, (device, amp_dtype))
+    params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -135,29 +165,39 @@ def train(job: TrainJob) -> TrainSummary:
             start_step = int(state["step"])
             history = json.loads(state["history"])
             evaluations = json.loads(state["evaluations"])
-
-    def save(step: int) -> None:
-        save_train_state(
-            ckpt_path,
-            {
-                "fingerprint": fingerprint,
-                "step": step,
-                "model": model.state_dict(),
-                "losses": losses.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "history": json.dumps(history),
-                "evaluations": json.dumps(evaluations),
-            },
+    if dist_info.enabled:
+        trainable = nn.parallel.DistributedDataParallel(
+            trainable, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    writer = _tensorboard(job.out_dir / "tensorboard")
-    sampler = ResumableBatchSampler(len(job.dataset), cfg.batch_size, cfg.seed, start_step=start_step)
+    def save(step: int) -> None:
+        if dist_info.is_main:  # every rank holds the same state; one writer
+            save_train_state(
+                ckpt_path,
+                {
+                    "fingerprint": fingerprint,
+                    "step": step,
+                    "model": model.state_dict(),
+                    "losses": losses.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "history": json.dumps(history),
+                    "evaluations": json.dumps(evaluations),
+                },
+            )
+        barrier(dist_info)
+
+    writer = _tensorboard(job.out_dir / "tensorboard") if dist_info.is_main else _NullWriter()
+    sampler = ResumableBatchSampler(
+        len(job.dataset),
+        local_batch,
+        cfg.seed,
+        start_step=start_step,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
     loader = torch.utils.data.DataLoader(
-        _Batches(job.dataset),
-        batch_sampler=sampler,
-        num_workers=job.workers,
-        persistent_workers=False,
+        _Batches(job.dataset), batch_sampler=sampler, num_workers=job.workers
     )
     compute_seconds, last = 0.0, {}
     bar = tqdm(
@@ -165,19 +205,19 @@ def train(job: TrainJob) -> TrainSummary:
         initial=start_step,
         desc=f"train {job.name}",
         unit="step",
-        disable=not job.progress,
+        disable=not (job.progress and dist_info.is_main),
         dynamic_ncols=True,
     )
-    model.train()
-    losses.train()
+    trainable.train()
     step = start_step
     batches = iter(loader)
+    rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
     try:
         while step < steps:
             images, labels, indices = next(batches)
             t0 = time.perf_counter()
-            gen = _step_generator(cfg.seed, step)
-            flip = torch.rand(images.shape[0], generator=gen) < 0.5
+            # flips are drawn for the whole global batch, so N ranks flip exactly what 1 process would
+            flip = (torch.rand(cfg.batch_size, generator=_step_generator(cfg.seed, step)) < 0.5)[rank_slice]
             x = to_model_input(images)
             x = torch.where(flip[:, None, None, None], hflip_nchw(x), x)
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -191,19 +231,15 @@ def train(job: TrainJob) -> TrainSummary:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg, steps)
             torch.manual_seed(cfg.seed * 7919 + step)  # dropout etc.: deterministic per step
-            with autocast(device, amp_dtype):
-                emb = model(x)
-            inputs = LossInputs(
-                student=emb.float(), labels=labels, teacher=teacher, indices=indices, step=step
-            )
-            values = {name: term(inputs) for name, term in losses.items()}
-            for name, v in values.items():
+            values = trainable(x, labels, teacher, indices, step)
+            total = sum(job.weights[name] * v for name, v in values.items())
+            logged = mean_over_ranks(torch.stack([v.detach().float() for v in values.values()]), dist_info)
+            for name, v in zip(values, logged, strict=True):
                 if not torch.isfinite(v):
                     raise NonFiniteLoss(
                         f"{job.name}: loss term '{name}' is {v.item()} at step {step}; "
                         f"last good checkpoint kept at {ckpt_path if ckpt_path.exists() else '(none yet)'}"
                     )
-            total = sum(job.weights[name] * v for name, v in values.items())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)
@@ -212,8 +248,8 @@ def train(job: TrainJob) -> TrainSummary:
                 torch.cuda.synchronize()
             compute_seconds += time.perf_counter() - t0
             step += 1
-            last = {name: float(v.detach()) for name, v in values.items()}
-            last["total"] = float(total.detach())
+            last = {name: float(v) for name, v in zip(values, logged, strict=True)}
+            last["total"] = sum(job.weights[name] * last[name] for name in values)
             if step % 10 == 0 or step == steps:
                 history.append({"step": step, "lr": optimizer.param_groups[0]["lr"], **last})
                 for name, v in last.items():
@@ -222,7 +258,7 @@ def train(job: TrainJob) -> TrainSummary:
             bar.update(1)
             bar.set_postfix(loss=f"{last['total']:.3f}")
             if job.evaluate and cfg.eval_every and step % cfg.eval_every == 0 and step < steps:
-                evaluations.append(_evaluate(job, model, step, writer))
+                evaluations.append(_evaluate(job, model, step, writer, dist_info))
             if step % cfg.checkpoint_every == 0 or step == steps:
                 save(step)
             if job.stop_after_step and step >= job.stop_after_step:
@@ -230,11 +266,12 @@ def train(job: TrainJob) -> TrainSummary:
     finally:
         bar.close()
     if step == steps and job.evaluate and cfg.eval_every:
-        evaluations.append(_evaluate(job, model, step, writer))
+        evaluations.append(_evaluate(job, model, step, writer, dist_info))
         save(step)
     writer.close()
     done = step - start_step
-    write_json(job.out_dir / "history.json", {"history": history, "evaluations": evaluations})
+    if dist_info.is_main:
+        write_json(job.out_dir / "history.json", {"history": history, "evaluations": evaluations})
     return TrainSummary(
         steps=step,
         seconds=compute_seconds,
@@ -245,12 +282,16 @@ def train(job: TrainJob) -> TrainSummary:
     )
 
 
-def _evaluate(job: TrainJob, model: nn.Module, step: int, writer: Any) -> dict[str, Any]:
-    model.eval()
-    try:
-        metrics = job.evaluate(model) if job.evaluate else {}
-    finally:
-        model.train()
+def _evaluate(job: TrainJob, model: nn.Module, step: int, writer: Any, dist_info: DistInfo) -> dict[str, Any]:
+    """Verification metrics on rank 0 (the others wait), as arcface_torch's callback does."""
+    metrics: dict[str, Any] = {}
+    if dist_info.is_main:
+        model.eval()
+        try:
+            metrics = job.evaluate(model) if job.evaluate else {}
+        finally:
+            model.train()
+    barrier(dist_info)
     for key, value in metrics.items():
         if isinstance(value, (int, float)):
             writer.add_scalar(f"{job.name}/eval/{key}", value, step)

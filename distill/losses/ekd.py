@@ -22,50 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from distill.losses.base import LossDims, LossInputs, LossTerm
+from distill.losses.gather import all_gather_with_grad, distributed_world
 
 DEFAULT_ANCHORS = (10, 100, 1000, 10000, 100000, 1000000)  # FPR 1e-1 ... 1e-6
-
-
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward, gradient times ``scale`` backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
-def distributed_world() -> int:
-    """World size of the initialised default process group, 1 when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` from every rank in rank order; only the local slice carries autograd.
-
-    Every rank then computes the same global-batch loss ``L`` but back-propagates only into its own
-    samples. DDP *averages* parameter gradients over ranks, so the local slice's gradient is scaled by
-    the world size: the averaged update then equals the single-process gradient of ``L`` on the global
-    batch (no collective needed in backward, because ``L`` is identical on every rank).
-    Requires the same batch shape on every rank (the engine's samplers guarantee it).
-    """
-    world = distributed_world()
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
-    parts[dist.get_rank()] = _ScaleGrad.apply(x, float(world)) if x.requires_grad else x
-    return torch.cat(parts, dim=0)
 
 
 def upper_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

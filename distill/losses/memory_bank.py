@@ -8,44 +8,10 @@ Under DDP every rank enqueues the *global* batch in rank order, so the bank is i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.distributed as dist
 from torch import nn
 
-Gather = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _distributed_world() -> int:
-    """World size when a process group is running, else 1."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-@torch.no_grad()
-def all_gather_no_grad(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``t`` from every rank along dim 0, in rank order (no gradient).
-
-    Ranks may hold different batch sizes (a short last batch): sizes are exchanged first and every
-    tensor is padded to the largest before the collective, then trimmed.
-    """
-    world = _distributed_world()
-    if world == 1:
-        return t.detach().clone()
-    t = t.detach().contiguous()
-    size = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
-    longest = max(counts)
-    if t.shape[0] < longest:
-        pad = t.new_zeros((longest - t.shape[0], *t.shape[1:]))
-        t = torch.cat([t, pad], dim=0)
-    parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t)
-    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)], dim=0)
+from distill.losses.gather import Gather, all_gather_no_grad, distributed_world
 
 
 class MemoryBank(nn.Module):
@@ -82,7 +48,7 @@ class MemoryBank(nn.Module):
             raise ValueError(f"memory bank expects (n, {self.dim}) embeddings, got {tuple(emb.shape)}")
         if labels.shape != (emb.shape[0],):
             raise ValueError(f"memory bank labels must be ({emb.shape[0]},), got {tuple(labels.shape)}")
-        if gather is None and _distributed_world() > 1:
+        if gather is None and distributed_world() > 1:
             gather = all_gather_no_grad
         emb, labels = emb.detach(), labels.detach()
         if gather is not None:

@@ -30,7 +30,12 @@ import torch.nn.functional as F
 
 from distill.errors import InputError
 from distill.losses.base import LossDims, LossInputs, LossTerm, Projector
-from distill.losses.memory_bank import Gather, MemoryBank
+from distill.losses.gather import Gather, all_gather_no_grad, all_gather_with_grad, distributed_world
+from distill.losses.memory_bank import MemoryBank
+
+
+def _already_global(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 LOSS_MODES = ("mse", "smooth_l1", "kl")
 
@@ -146,13 +151,23 @@ class RPSDLoss(LossTerm):
         return rs, rt, torch.cat([mask_in, mask_bank], dim=1), s, t
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
+        if self.gather is None and distributed_world() > 1:
+            # Under DDP the relations are those of the global batch: every rank computes the same loss,
+            # its own samples carry the gradient (scaled so DDP's mean equals the 1-process gradient).
+            inputs = LossInputs(student=all_gather_with_grad(inputs.student),
+                                labels=all_gather_no_grad(inputs.labels),
+                                teacher=all_gather_no_grad(inputs.teacher), step=inputs.step)
+            return self._loss(inputs, gather=_already_global)
+        return self._loss(inputs, gather=self.gather)
+
+    def _loss(self, inputs: LossInputs, gather: Gather | None) -> torch.Tensor:
         rs, rt, mask, s, t = self.relations(inputs)
         if bool(mask.any()):
             value = relation_loss(rs, rt, mask, self.loss_mode, self.tau_r, self.beta)
         else:  # one sample and an empty bank: nothing to relate yet
             value = s.sum() * 0.0
         if self.training:
-            self.bank.enqueue(t.detach(), inputs.labels, gather=self.gather)
+            self.bank.enqueue(t.detach(), inputs.labels, gather=gather)
             if self.student_bank is not None:
-                self.student_bank.enqueue(s.detach(), inputs.labels, gather=self.gather)
+                self.student_bank.enqueue(s.detach(), inputs.labels, gather=gather)
         return value

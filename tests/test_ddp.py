@@ -1,0 +1,124 @@
+"""Two processes (gloo, CPU) train exactly like one process on the same global batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from distill.config import LossSpec, TrainConfig
+from distill.engine.train import TeacherTargets, TrainJob, train
+from distill.losses import LossDims, build_losses
+
+pytestmark = pytest.mark.slow
+
+SPECS = [
+    LossSpec("arcface", 1.0, {"scale": 16.0, "margin": 0.2}),
+    LossSpec("feature_l2", 2.0),
+    LossSpec("ekd", 1.0, {"top_k": 20}),
+    LossSpec("rpsd", 1.0, {"bank_size": 32, "k_neg": 4}),
+]
+
+
+class Faces:
+    def __init__(self, n=32, classes=4):
+        rng = np.random.default_rng(0)
+        self.labels = np.arange(n) % classes
+        self.images = rng.integers(0, 255, size=(n, 112, 112, 3), dtype=np.uint8)
+        self.num_classes = classes
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+class NoBatchNormNet(nn.Module):
+    """Batch norm statistics are per-process by design, so the equivalence is shown on a BN-free net."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 8, stride=8)
+        self.fc = nn.Linear(4 * 14 * 14, 8)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def run(out_dir, steps=3):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    teacher = TeacherTargets(
+        rng.normal(size=(32, 6)).astype(np.float32), rng.normal(size=(32, 6)).astype(np.float32)
+    )
+    terms = build_losses(SPECS, LossDims(8, 6, 4))
+    cfg = TrainConfig(
+        epochs=10, batch_size=8, lr=0.05, max_steps=steps, checkpoint_every=100, seed=2, channels_last=False
+    )
+    job = TrainJob(
+        name="ddp",
+        model=NoBatchNormNet(),
+        losses=terms,
+        weights={k: s.weight for k, s in zip(terms.keys(), SPECS, strict=True)},
+        dataset=Faces(),
+        cfg=cfg,
+        out_dir=out_dir,
+        teacher=teacher,
+        progress=False,
+    )
+    summary = train(job)
+    return job, summary
+
+
+def _worker(rank, world, port, out_dir):
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    job, summary = run(out_dir)
+    if rank == 0:
+        result = {
+            "model": job.model.state_dict(),
+            "losses": job.losses.state_dict(),
+            "final": summary.final_losses,
+        }
+        torch.save(result, out_dir / "rank0.pt")
+    torch.distributed.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    single, s_summary = run(tmp_path / "single")
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, 2, port, tmp_path / "ddp")) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    got = torch.load(tmp_path / "ddp" / "rank0.pt", weights_only=True)
+    model_state, loss_state, final = got["model"], got["losses"], got["final"]
+    # losses of the last step, averaged over ranks, equal the single-process losses of the global batch
+    for name, value in s_summary.final_losses.items():
+        assert final[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    # after 3 SGD steps the weights agree, so every gradient did
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(model_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    for k, v in single.losses.state_dict().items():
+        torch.testing.assert_close(loss_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
