@@ -223,7 +223,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
 
         train, vals = load_data(ctx)
         plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
-        head = _teacher_head(ctx)
+        head = teacher_head(ctx)
         _, summary = fit_model(
             name="student",
             arch=s.arch,
@@ -254,7 +254,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
     return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log)
 
 
-def _teacher_head(ctx: Context) -> Any:
+def teacher_head(ctx: Context) -> Any:
     """The teacher's class centres, for the methods that reuse its classifier (None for ONNX teachers)."""
     if ctx.cfg.teacher.onnx:
         return None

@@ -132,3 +132,31 @@ def test_schedule_and_step_count():
     assert lr_at(1, cfg, 10) == pytest.approx(1.0)
     assert lr_at(2, cfg, 10) == pytest.approx(1.0)
     assert lr_at(6, cfg, 10) == pytest.approx((1 - 4 / 8) ** 2)
+
+
+def test_balanced_batches_feed_the_classifier_only_the_uniform_part(tmp_path):
+    job = make_job(tmp_path, steps=3, specs=[LossSpec("arcface", 1.0), LossSpec("ekd", 1.0, {"top_k": 5})])
+    job.cfg.batch_size, job.cfg.sampler = 8, "balanced"
+    job.cfg.balanced_identities, job.cfg.balanced_images = 2, 2
+    seen = {"arcface": [], "ekd": []}
+    head = job.losses["arcface"].head
+    head_forward = head.forward
+
+    def head_spy(emb, labels):  # what the margin head really receives
+        seen["arcface"].append((emb.shape[0], None))
+        return head_forward(emb, labels)
+
+    head.forward = head_spy
+    ekd = job.losses["ekd"]
+    ekd_forward = ekd.forward
+
+    def ekd_spy(inputs):
+        seen["ekd"].append((inputs.student.shape[0], inputs.labels[4:].tolist()))
+        return ekd_forward(inputs)
+
+    ekd.forward = ekd_spy
+    train(job)
+    assert [n for n, _ in seen["arcface"]] == [4, 4, 4]  # 8 - 2 identities x 2 images
+    assert [n for n, _ in seen["ekd"]] == [8, 8, 8]  # EKD ranks pairs over the whole batch
+    for _, balanced_labels in seen["ekd"]:  # the balanced part: 2 identities, 2 images each
+        assert balanced_labels[0] == balanced_labels[1] and balanced_labels[2] == balanced_labels[3]

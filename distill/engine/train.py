@@ -25,6 +25,7 @@ from tqdm import tqdm
 from distill.atomic import write_json
 from distill.config import TrainConfig, config_hash
 from distill.data.transforms import hflip_nchw, to_model_input
+from distill.engine.balanced_sampler import BalancedBatchSampler
 from distill.engine.checkpoint import load_train_state, save_train_state
 from distill.engine.device import autocast, channels_last_is_safe, resolve_amp_dtype, resolve_device
 from distill.engine.distributed import DistInfo, barrier, mean_over_ranks, setup_distributed
@@ -122,11 +123,42 @@ class _Trainable(nn.Module):
         teacher: torch.Tensor | None,
         indices: torch.Tensor,
         step: int,
+        general: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         with autocast(*self._amp):
             emb = self.model(x)
-        inputs = LossInputs(student=emb.float(), labels=labels, teacher=teacher, indices=indices, step=step)
+        inputs = LossInputs(
+            student=emb.float(), labels=labels, teacher=teacher, indices=indices, step=step, general=general
+        )
         return {name: term(inputs) for name, term in self.losses.items()}
+
+
+def make_sampler(
+    dataset: Any, cfg: TrainConfig, local_batch: int, start_step: int, dist_info: DistInfo
+) -> tuple[Any, torch.Tensor | None]:
+    """The batch sampler of the config, and the uniform-part mask when batches are balanced (EKD)."""
+    if cfg.sampler == "balanced":
+        pk = cfg.balanced_identities * cfg.balanced_images
+        sampler = BalancedBatchSampler(
+            np.asarray(dataset.labels),
+            local_batch - pk,
+            cfg.balanced_identities,
+            cfg.balanced_images,
+            cfg.seed,
+            start_step=start_step,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+        )
+        return sampler, sampler.general_mask()
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        local_batch,
+        cfg.seed,
+        start_step=start_step,
+        rank=dist_info.rank,
+        world_size=dist_info.world_size,
+    )
+    return sampler, None
 
 
 def train(job: TrainJob) -> TrainSummary:
@@ -188,14 +220,7 @@ def train(job: TrainJob) -> TrainSummary:
         barrier(dist_info)
 
     writer = _tensorboard(job.out_dir / "tensorboard") if dist_info.is_main else _NullWriter()
-    sampler = ResumableBatchSampler(
-        len(job.dataset),
-        local_batch,
-        cfg.seed,
-        start_step=start_step,
-        rank=dist_info.rank,
-        world_size=dist_info.world_size,
-    )
+    sampler, general = make_sampler(job.dataset, cfg, local_batch, start_step, dist_info)
     loader = torch.utils.data.DataLoader(
         _Batches(job.dataset), batch_sampler=sampler, num_workers=job.workers
     )
@@ -231,7 +256,9 @@ def train(job: TrainJob) -> TrainSummary:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg, steps)
             torch.manual_seed(cfg.seed * 7919 + step)  # dropout etc.: deterministic per step
-            values = trainable(x, labels, teacher, indices, step)
+            values = trainable(
+                x, labels, teacher, indices, step, None if general is None else general.to(device)
+            )
             total = sum(job.weights[name] * v for name, v in values.items())
             logged = mean_over_ranks(torch.stack([v.detach().float() for v in values.values()]), dist_info)
             for name, v in zip(values, logged, strict=True):

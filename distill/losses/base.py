@@ -32,6 +32,7 @@ class LossInputs:
     teacher: torch.Tensor | None = None  # (B, Dt) cached teacher embedding of the same images, no grad
     indices: torch.Tensor | None = None  # (B,) dataset indices of the images
     step: int = 0
+    general: torch.Tensor | None = None  # (B,) bool: the uniformly sampled part of a balanced batch
 
 
 class LossTerm(nn.Module):

@@ -13,6 +13,13 @@ from distill.losses.base import LossDims, LossInputs, LossTerm
 from distill.models.heads import ArcFaceHead, CosFaceHead
 
 
+def _general_part(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows the classifier trains on: all, or only the uniform part of a balanced (EKD) batch."""
+    if inputs.general is None:
+        return inputs.student, inputs.labels
+    return inputs.student[inputs.general], inputs.labels[inputs.general]
+
+
 class ArcFaceLoss(LossTerm):
     """Cross-entropy over ArcFace logits ``s*cos(theta_y + m)`` (Deng et al.; s=64, m=0.5)."""
 
@@ -21,7 +28,8 @@ class ArcFaceLoss(LossTerm):
         self.head = ArcFaceHead(dims.student_dim, dims.num_classes, scale=scale, margin=margin)
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        return F.cross_entropy(self.head(inputs.student, inputs.labels), inputs.labels)
+        emb, labels = _general_part(inputs)
+        return F.cross_entropy(self.head(emb, labels), labels)
 
 
 class CosFaceLoss(LossTerm):
@@ -32,4 +40,5 @@ class CosFaceLoss(LossTerm):
         self.head = CosFaceHead(dims.student_dim, dims.num_classes, scale=scale, margin=margin)
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        return F.cross_entropy(self.head(inputs.student, inputs.labels), inputs.labels)
+        emb, labels = _general_part(inputs)
+        return F.cross_entropy(self.head(emb, labels), labels)

@@ -1,0 +1,123 @@
+"""Benchmark: cost of a distillation step with cached teacher embeddings vs a plain margin-loss step.
+
+Target (stage-one issue): the distillation step costs <= 1.15x the plain ArcFace student step at the same
+batch. Both run through the one engine on the same in-memory batch stream; the time is the engine's
+forward + backward + update time (data decoding excluded), after warm-up steps.
+
+    python benchmarks/distill_step_cost.py [--batch 64] [--steps 12] [--student-dim 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.config import LossSpec, TrainConfig  # noqa: E402
+from distill.engine.train import TeacherTargets, TrainJob, train  # noqa: E402
+from distill.losses import LossDims, build_losses  # noqa: E402
+from distill.models.factory import build_backbone  # noqa: E402
+
+ARC = LossSpec("arcface", 1.0)
+METHODS = {
+    "arcface (plain student)": [ARC],
+    "feature_l2": [ARC, LossSpec("feature_l2", 10.0)],
+    "unified (iled + rpsd)": [ARC, LossSpec("iled", 10.0), LossSpec("rpsd", 10.0)],
+    "ekd": [ARC, LossSpec("ekd", 1.0)],
+    "coupleface": [ARC, LossSpec("coupleface", 10.0)],
+    "teacher_head": [ARC, LossSpec("teacher_head", 1.0)],
+}
+
+
+class Images:
+    def __init__(self, n: int, classes: int) -> None:
+        rng = np.random.default_rng(0)
+        self.labels = np.arange(n) % classes
+        self.images = rng.integers(0, 255, size=(n, 112, 112, 3), dtype=np.uint8)
+        self.num_classes = classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+def step_seconds(
+    specs: list[LossSpec], args: argparse.Namespace, data: Images, teacher: TeacherTargets
+) -> float:
+    import torch
+
+    torch.manual_seed(0)
+    head = torch.randn(data.num_classes, args.teacher_dim)
+    terms = build_losses(
+        specs, LossDims(args.student_dim, args.teacher_dim, data.num_classes, teacher_head=head)
+    )
+    times = []
+    for steps in (args.warmup, args.warmup + args.steps):  # difference removes warm-up cost
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(epochs=100, batch_size=args.batch, max_steps=steps, checkpoint_every=10**9)
+            job = TrainJob(
+                name="bench",
+                model=build_backbone("mobilefacenet", embedding_dim=args.student_dim),
+                losses=terms,
+                weights={k: s.weight for k, s in zip(terms.keys(), specs, strict=True)},
+                dataset=data,
+                cfg=cfg,
+                out_dir=Path(tmp),
+                teacher=teacher,
+                progress=False,
+            )
+            times.append(train(job).seconds)
+    return (times[1] - times[0]) / args.steps
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--student-dim", type=int, default=128)
+    ap.add_argument("--teacher-dim", type=int, default=512)
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "distill_step_cost.json"))
+    args = ap.parse_args()
+    n = args.batch * (args.warmup + args.steps + 1)
+    data = Images(n, classes=100)
+    rng = np.random.default_rng(1)
+    teacher = TeacherTargets(
+        rng.normal(size=(n, args.teacher_dim)).astype(np.float32),
+        rng.normal(size=(n, args.teacher_dim)).astype(np.float32),
+    )
+    results = {name: step_seconds(specs, args, data, teacher) for name, specs in METHODS.items()}
+    base = results["arcface (plain student)"]
+    print(f"{'method':<26}{'ms/step':>10}{'x plain':>9}   (batch {args.batch}, MFN-{args.student_dim})")
+    for name, sec in results.items():
+        print(f"{name:<26}{1000 * sec:>10.1f}{sec / base:>9.3f}")
+    ratio = results["unified (iled + rpsd)"] / base
+    ok = ratio <= 1.15
+    print(f"[{'PASS' if ok else 'FAIL'}] unified step <= 1.15x plain: {ratio:.3f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "batch": args.batch,
+                "seconds_per_step": results,
+                "ratio_to_plain": {k: v / base for k, v in results.items()},
+                "target_met": ok,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
