@@ -14,6 +14,7 @@ import torch
 
 from distill.config import LossSpec, TrainConfig
 from distill.data.verification_bin import VerificationSet
+from distill.engine.distributed import current_dist
 from distill.engine.train import TeacherTargets, TrainJob, TrainSummary, train
 from distill.evaluation import evaluate_sets, summary_metrics, torch_embed_fn
 from distill.losses import LossDims, build_losses
@@ -84,7 +85,8 @@ def fit_model(
         extra["head_weight"] = head
         extra["head_kind"] = next(k for k in terms.keys() if k.split("#")[0] in ("arcface", "cosface"))
     path = out_dir / f"{name}.pt"
-    save_model(path, model.cpu(), arch=arch, arch_kwargs=arch_kwargs, extra=extra)
+    if current_dist().is_main:  # under torchrun every rank holds the same weights; one writes them
+        save_model(path, model.cpu(), arch=arch, arch_kwargs=arch_kwargs, extra=extra)
     return path, summary
 
 

@@ -139,11 +139,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _data(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    import torch
+
+    from distill.engine.distributed import setup_distributed
     from pipeline.stages import STAGES, run_until
 
+    setup_distributed("cuda" if torch.cuda.is_available() else "cpu")  # no-op unless run by torchrun
     ctx = _context(args)
     last = "report" if args.command == "all" else args.command
     run_until(ctx, last)
+    from distill.engine.distributed import current_dist
+
+    if not current_dist().is_main:
+        return 0  # rank 0 speaks for the run
     if last in ("measure", "report", "all"):
         print(f"results: {ctx.run.root / 'results.json'}")
     if last == "report":

@@ -143,29 +143,68 @@ class RunFolder:
         fn: Callable[[Path], StageOutcome],
         force: bool = False,
         log: Callable[[str], None] = print,
+        collective: bool = False,
     ) -> dict[str, Any]:
-        """Run ``fn(work_dir)`` unless the stage is current; return its manifest record."""
+        """Run ``fn(work_dir)`` unless the stage is current; return its manifest record.
+
+        Under torchrun, a ``collective`` stage (training) runs ``fn`` on every rank in the same work
+        folder; any other stage runs on rank 0 while the others wait. Rank 0 alone writes the manifest.
+        """
+        from distill.engine.distributed import barrier, current_dist
+
+        dist_info = current_dist()
+        if not dist_info.is_main:
+            log = _quiet
         key = hashlib.sha256(json.dumps(key_material, sort_keys=True, default=str).encode()).hexdigest()[:20]
         if not force and self.is_current(name, key):
             log(f"[{name}] up to date, skipped")
             return self.record(name)  # type: ignore[return-value]
-        self.root.mkdir(parents=True, exist_ok=True)
         work = self.root / f".{name}.work"
+        if dist_info.is_main:
+            self._prepare(name, work, key, log)
+        barrier(dist_info)
+        if dist_info.is_main or collective:
+            started = time.time()
+            try:
+                outcome = fn(work)
+            except InputError:
+                # Bad input: leave nothing behind, unless it surfaced mid-training with checkpoints to resume.
+                if (
+                    dist_info.is_main
+                    and not (work / ".resumed").exists()
+                    and not (work / "checkpoints").exists()
+                ):
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
+            if collective:
+                barrier(dist_info)  # every rank's share of the training is done
+            if dist_info.is_main:
+                self._finalise(name, work, key, key_material, outcome, started, log)
+        barrier(dist_info)
+        return self.record(name)  # type: ignore[return-value]
+
+    def _prepare(self, name: str, work: Path, key: str, log: Callable[[str], None]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
         key_file = work / ".stage-key"
         if work.exists() and (not key_file.exists() or key_file.read_text() != key):
             shutil.rmtree(work)  # leftovers of a different configuration: not resumable
         resumed = work.exists()
         work.mkdir(parents=True, exist_ok=True)
         write_text(key_file, key)
+        if resumed:
+            write_text(work / ".resumed", "")
         log(f"[{name}] {'resuming' if resumed else 'running'}")
-        started = time.time()
-        try:
-            outcome = fn(work)
-        except InputError:
-            # Bad input: leave nothing behind, unless it surfaced mid-training with checkpoints to resume.
-            if not resumed and not (work / "checkpoints").exists():
-                shutil.rmtree(work, ignore_errors=True)
-            raise
+
+    def _finalise(
+        self,
+        name: str,
+        work: Path,
+        key: str,
+        key_material: dict[str, Any],
+        outcome: StageOutcome,
+        started: float,
+        log: Callable[[str], None],
+    ) -> None:
         seconds = time.time() - started
         outputs, sizes = {}, {}
         for rel in outcome.files:
@@ -174,7 +213,8 @@ class RunFolder:
                 raise RuntimeError(f"stage '{name}' declared output '{rel}' but did not write it")
             outputs[rel] = sha256_file(p)
             sizes[rel] = p.stat().st_size
-        key_file.unlink()
+        for marker in (".stage-key", ".resumed"):
+            (work / marker).unlink(missing_ok=True)
         final = self.stage_dir(name)
         if final.exists():
             shutil.rmtree(final)
@@ -193,4 +233,7 @@ class RunFolder:
         manifest["stages"][name] = record
         self._save_manifest(manifest)
         log(f"[{name}] done in {seconds:.1f}s")
-        return record
+
+
+def _quiet(message: str) -> None:
+    """Ranks other than 0 keep the log to rank 0."""

@@ -162,7 +162,8 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
             write_json(work / "teacher.json", metrics)
             return StageOutcome(["teacher.pt", "teacher.json", "history.json"], metrics)
 
-    return ctx.run.run("teacher", key, fn, force=ctx.force, log=ctx.log)
+    trains = not (t.onnx or t.checkpoint)
+    return ctx.run.run("teacher", key, fn, force=ctx.force, log=ctx.log, collective=trains)
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
@@ -251,7 +252,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
         write_json(work / "student.json", metrics)
         return StageOutcome(["student.pt", "student.json", "history.json"], metrics)
 
-    return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log)
+    return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log, collective=True)
 
 
 def teacher_head(ctx: Context) -> Any:

@@ -122,3 +122,38 @@ def test_two_processes_match_one(tmp_path):
         torch.testing.assert_close(model_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
     for k, v in single.losses.state_dict().items():
         torch.testing.assert_close(loss_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_pipeline_stages_under_torchrun(tmp_path):
+    """``torchrun --nproc_per_node=2 -m pipeline distill``: rank 0 runs data/cache, both ranks train."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "pipeline",
+        "distill",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("[distill] running") == 1  # logged once, by rank 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["data", "teacher", "cache", "distill"]
+    assert (out / "distill" / "student.pt").is_file() and not list(out.glob(".*.work"))

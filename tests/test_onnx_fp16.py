@@ -157,7 +157,7 @@ def test_qdq_model_keeps_float32_scales_below_opset_19(tmp_path):
         initializer=inits,
     )
     src = tmp_path / "qdq.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(src))
     dst = convert_onnx_fp16(src, tmp_path / "qdq16.onnx")
     model = onnx.load(str(dst))
     by_name = {t.name: t.data_type for t in model.graph.initializer}

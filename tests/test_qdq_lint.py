@@ -68,11 +68,11 @@ def build(
         nodes,
         "qdq",
         graph_inputs,
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, [1, C_OUT, 8, 8])],
         initializer=inits,
     )
     opsets = [helper.make_opsetid("", opset), *extra_opsets]
-    return helper.make_model(graph, opset_imports=opsets)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
 
 
 def rules(issues: list[LintIssue]) -> set[tuple[str, str]]:

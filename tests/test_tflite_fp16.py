@@ -74,10 +74,12 @@ def test_fp16_tflite_has_float16_weights_float32_io_and_matches_torch(exported):
     (inp,), (out,) = it.get_input_details(), it.get_output_details()
     assert inp["dtype"] == np.float32 and out["dtype"] == np.float32
     assert tuple(inp["shape"]) == (1, 3, 112, 112) and tuple(out["shape"]) == (1, DIM)
-    half = [t for t in it.get_tensor_details() if t["dtype"] == np.float16]
-    # Every conv/depthwise/linear weight is stored in float16 (5 convs + 1 linear here).
-    assert len(half) >= 6
-    assert any(tuple(t["shape"]) == (DIM, 64) for t in half)  # the linear layer's weight
+    half = sorted(
+        tuple(int(d) for d in t["shape"]) for t in it.get_tensor_details() if t["dtype"] == np.float16
+    )
+    # Every conv/depthwise/linear weight, in TFLite's layouts (OHWI; depthwise 1HWC; FC out x in).
+    expected = [(1, 3, 3, 32), (1, 14, 14, 64), (32, 3, 3, 3), (64, 1, 1, 32), (DIM, 64)]
+    assert half == sorted(expected)
     ops = {op["op_name"] for op in it._get_ops_details()}
     assert "DEQUANTIZE" in ops
 

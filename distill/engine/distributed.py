@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -39,8 +40,18 @@ def setup_distributed(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+        # generous timeout: ranks wait at a barrier while rank 0 runs a single-process stage (data, cache)
+        dist.init_process_group(
+            backend=backend, rank=info.rank, world_size=info.world_size, timeout=timedelta(hours=6)
+        )
     return info
+
+
+def current_dist() -> DistInfo:
+    """Rank and world of the running process group (rank 0 of 1 when there is none)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo()
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def mean_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
