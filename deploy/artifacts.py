@@ -1,12 +1,16 @@
 """Export the student to the formats a target needs and prove each artifact matches PyTorch.
 
 Each artifact is checked on real images (the verification set) against the PyTorch model of the same
-stage; one that misses its precision's cosine threshold fails the stage loudly.
+stage, with a cosine threshold per precision; a failing artifact fails the stage unless the caller allows
+it, in which case it is kept and marked failed. Every .tflite gets its app-ready ``model.json`` card;
+every ONNX meant for a Jetson gets a ``trtexec`` rebuild script (engines are device-specific) and, when
+TensorRT and a CUDA GPU are present here, an engine built with the Python API.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +18,10 @@ import torch
 from torch import nn
 
 from deploy.onnx_export import export_onnx
-from deploy.parity import PARITY_MIN_COSINE, ParityResult, check_parity
+from deploy.onnx_fp16 import convert_onnx_fp16
+from deploy.parity import PARITY_MIN_COSINE, check_parity
 from deploy.runtimes import TorchEmbedder, load_embedder
-from deploy.tflite_export import export_tflite_fp32
+from deploy.tflite_export import export_tflite_fp16, export_tflite_fp32
 
 
 class ParityError(RuntimeError):
@@ -26,17 +31,35 @@ class ParityError(RuntimeError):
 @dataclass
 class Artifact:
     name: str
-    format: str  # onnx | tflite
-    precision: str  # fp32 (fp16 / int8 land with the export and QAT issues)
+    format: str  # onnx | tflite | tensorrt
+    precision: str  # fp32 | fp16
     file: str  # path relative to the export folder
     batch_size: int | None
-    parity: dict
+    parity: dict | None
+    companions: list[str] = field(default_factory=list)  # model.json, rebuild script, ...
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 EXTENSIONS = {"onnx": ".onnx", "tflite": ".tflite"}
+SUPPORTED = {("onnx", "fp32"), ("onnx", "fp16"), ("tflite", "fp32"), ("tflite", "fp16")}
+
+
+def export_file(
+    model: nn.Module, fmt: str, precision: str, path: Path, *, batch_size: int | None, opset: int
+) -> Path:
+    """Write one artifact (atomically, by the exporters)."""
+    if (fmt, precision) not in SUPPORTED:
+        raise ValueError(f"cannot export {fmt} {precision} (supported: {sorted(SUPPORTED)})")
+    if fmt == "onnx" and precision == "fp32":
+        return export_onnx(model, path, batch_size=batch_size, opset=opset)
+    if fmt == "onnx":
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", batch_size=batch_size, opset=opset)
+            return convert_onnx_fp16(fp32, path)
+    export = export_tflite_fp32 if precision == "fp32" else export_tflite_fp16
+    return export(model, path, batch_size=batch_size or 1)
 
 
 def export_artifacts(
@@ -58,25 +81,17 @@ def export_artifacts(
     reference = TorchEmbedder(model).embed(parity_images)
     artifacts, failures = [], []
     for fmt, precision in formats:
-        if precision != "fp32":
-            raise ValueError(f"precision '{precision}' is not exported yet")
         file = f"{stem}_{precision}{EXTENSIONS[fmt]}"
-        path = out_dir / file
-        if fmt == "onnx":
-            export_onnx(model, path, batch_size=batch_size, opset=opset)
-        elif fmt == "tflite":
-            export_tflite_fp32(model, path, batch_size=batch_size or 1)
-        else:
-            raise ValueError(f"unknown format '{fmt}'")
+        path = export_file(model, fmt, precision, out_dir / file, batch_size=batch_size, opset=opset)
         candidate = load_embedder(path).embed(parity_images)
-        result: ParityResult = check_parity(reference, candidate, PARITY_MIN_COSINE[precision])
+        result = check_parity(reference, candidate, PARITY_MIN_COSINE[precision])
         artifacts.append(
             Artifact(
                 name=f"{stem}-{fmt}-{precision}",
                 format=fmt,
                 precision=precision,
                 file=file,
-                batch_size=batch_size,
+                batch_size=batch_size if fmt == "onnx" else (batch_size or 1),
                 parity=asdict(result),
             )
         )
@@ -85,6 +100,62 @@ def export_artifacts(
     if failures and not allow_parity_failure:
         raise ParityError("parity check failed: " + "; ".join(failures))
     return artifacts
+
+
+def add_model_cards(artifacts: list[Artifact], out_dir: Path, *, thresholds: dict, version: str) -> None:
+    """App-ready sidecar (and embedded metadata) for every .tflite; changes the file, so hash after."""
+    from deploy.model_card import write_model_card
+
+    for art in artifacts:
+        if art.format != "tflite":
+            continue
+        card = Path(art.file).with_suffix(".json").name
+        write_model_card(
+            out_dir / card,
+            out_dir / art.file,
+            version=version,
+            thresholds=thresholds,
+            precision=art.precision,
+        )
+        art.companions.append(card)
+
+
+def add_tensorrt(artifacts: list[Artifact], out_dir: Path, *, log=print) -> list[Artifact]:
+    """trtexec rebuild script beside every ONNX; a TensorRT engine when TensorRT and a GPU are here."""
+    from deploy.tensorrt import build_engine, tensorrt_available, write_trtexec_script
+
+    ok, reason = tensorrt_available()
+    engines = []
+    for art in [a for a in artifacts if a.format == "onnx"]:
+        onnx_path = out_dir / art.file
+        engine = Path(art.file).with_suffix(".engine").name
+        script = f"build_{Path(art.file).stem}_engine.sh"
+        write_trtexec_script(
+            out_dir / script,
+            onnx_path,
+            out_dir / engine,
+            precision=art.precision,
+            fp16_onnx=art.precision == "fp16",
+        )
+        art.companions.append(script)
+        if ok:
+            build_engine(onnx_path, out_dir / engine, fp16_onnx=art.precision == "fp16")
+            engines.append(
+                Artifact(
+                    name=art.name.replace("-onnx-", "-tensorrt-"),
+                    format="tensorrt",
+                    precision=art.precision,
+                    file=engine,
+                    batch_size=art.batch_size,
+                    parity=None,
+                )
+            )
+    if not ok:
+        log(
+            f"[export] no TensorRT engine built here: {reason}; the ONNX files and their trtexec scripts "
+            "are the Jetson artifacts (build the engine on the device)"
+        )
+    return engines
 
 
 def parity_batch(images_uint8: np.ndarray, n: int) -> np.ndarray:

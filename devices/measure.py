@@ -20,6 +20,7 @@ from distill.data.verification_bin import VerificationSet
 from distill.metrics.verification import embed_pairs, evaluate_verification
 
 HOST_LABEL = "host-cpu"
+HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, LiteRT interpreter)
 
 
 def host_description() -> str:
@@ -133,7 +134,22 @@ def measure_rows(
             "path": str(path),
             "size_bytes": path.stat().st_size,
             "sha256": art["sha256"],
+            "parity": art.get("parity"),
         }
+        if art["format"] not in HOST_RUNTIMES:
+            rows.append(
+                {
+                    **base,
+                    "target": target,
+                    "measured_on": None,
+                    "accuracy": None,
+                    "accuracy_std": None,
+                    "tar_at_far": {},
+                    "latency_ms": None,
+                    "latency_note": f"{art['format']} artifacts are measured by the device runner",
+                }
+            )
+            continue
         host = {
             **base,
             "target": "host",

@@ -28,12 +28,15 @@ TARGETS: dict[str, Target] = {
     ),
     "jetson": Target(
         "jetson",
-        (("onnx", "fp32"),),
+        (("onnx", "fp32"), ("onnx", "fp16")),
         "TensorRT (engine built on the device from the ONNX)",
         "NVIDIA Jetson over ssh",
     ),
     "android": Target(
-        "android", (("tflite", "fp32"),), "LiteRT (XNNPACK / GPU / NNAPI delegates)", "Android phone over adb"
+        "android",
+        (("tflite", "fp32"), ("tflite", "fp16")),
+        "LiteRT (XNNPACK / GPU / NNAPI delegates)",
+        "Android phone over adb",
     ),
 }
 

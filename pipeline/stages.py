@@ -270,13 +270,20 @@ def teacher_head(ctx: Context) -> Any:
 # -------------------------------------------------------------------------------------------- export
 def stage_export(ctx: Context) -> dict[str, Any]:
     e = ctx.cfg.export
-    key = {"export_cfg": config_hash(e), "target": ctx.target, **_upstream(ctx, "distill")}
+    from devices.targets import formats_for
+
+    key = {
+        "export_cfg": config_hash(e),
+        "target": ctx.target,
+        "formats": formats_for(ctx.target),
+        **_upstream(ctx, "distill"),
+    }
 
     def fn(work: Path) -> StageOutcome:
-        from deploy.artifacts import export_artifacts, parity_batch
+        from deploy.artifacts import add_model_cards, add_tensorrt, export_artifacts, parity_batch
         from devices.targets import formats_for
         from distill.models.checkpoint import load_model
-        from pipeline.runfolder import sha256_file
+        from pipeline.runfolder import sha256_file, versions
 
         student_path = ctx.run.stage_dir("distill") / "student.pt"
         model, _ = load_model(student_path)
@@ -290,6 +297,12 @@ def stage_export(ctx: Context) -> dict[str, Any]:
             opset=e.opset,
             allow_parity_failure=ctx.allow_parity_failure,
         )
+        if ctx.target == "jetson":
+            artifacts += add_tensorrt(artifacts, work, log=ctx.log)
+        if any(a.format == "tflite" for a in artifacts):
+            add_model_cards(artifacts, work, thresholds=_thresholds(model, vals[0]), version=_version())
+        source = sha256_file(student_path)
+        tools = versions()
         entries = []
         for a in artifacts:
             entry = a.to_dict()
@@ -297,17 +310,38 @@ def stage_export(ctx: Context) -> dict[str, Any]:
                 target=ctx.target,
                 sha256=sha256_file(work / a.file),
                 size_bytes=(work / a.file).stat().st_size,
-                source_checkpoint=sha256_file(student_path),
+                source_checkpoint=source,
+                versions=tools,
             )
             entries.append(entry)
-        from pipeline.runfolder import versions
-
-        write_json(work / "artifacts.json", {"artifacts": entries, "versions": versions()})
-        return StageOutcome(
-            [a.file for a in artifacts] + ["artifacts.json"], {a.name: a.parity for a in artifacts}
-        )
+        write_json(work / "artifacts.json", {"artifacts": entries})
+        files = [f for a in artifacts for f in [a.file, *a.companions]]
+        return StageOutcome(files + ["artifacts.json"], {a.name: a.parity for a in artifacts})
 
     return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _thresholds(model: Any, val: Any) -> dict[str, Any]:
+    """Cosine thresholds at FAR 1e-3/1e-4 on the verification set (flip fused), for the app's model card.
+
+    Computed with the PyTorch model the artifacts were checked against (cosine >= parity threshold).
+    """
+    from deploy.model_card import fused_pairs, threshold_table
+    from distill.evaluation import torch_embed_fn
+    from distill.metrics.verification import embed_pairs
+
+    emb, emb_flip = embed_pairs(torch_embed_fn(model), val.images, batch_size=64, flip=True)
+    a, b = fused_pairs(emb, emb_flip)
+    return threshold_table(a, b, val.issame, measured_on=f"{val.name} (PyTorch reference of these artifacts)")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("facekd")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 # ------------------------------------------------------------------------------------------- measure

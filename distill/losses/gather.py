@@ -40,13 +40,13 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     samples. DDP *averages* parameter gradients over ranks, so the local slice's gradient is scaled by
     the world size: the averaged update then equals the single-process gradient of ``L`` on the global
     batch (no collective needed in backward, because ``L`` is identical on every rank).
-    Requires the same batch shape on every rank (the engine's samplers guarantee it).
+    Ranks may hold different batch sizes (the pieces are exchanged through :func:`all_gather_no_grad`).
     """
     world = distributed_world()
     if world == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.detach().contiguous())
+    sizes = all_gather_no_grad(torch.tensor([x.shape[0]], device=x.device)).tolist()
+    parts = list(torch.split(all_gather_no_grad(x), sizes, dim=0))
     parts[dist.get_rank()] = _ScaleGrad.apply(x, float(world)) if x.requires_grad else x
     return torch.cat(parts, dim=0)
 
