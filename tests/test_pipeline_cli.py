@@ -81,7 +81,7 @@ def test_evaluate_command_matches_the_measured_row(host_run, capsys):
     assert info["pairs"] == got["pairs"]
 
 
-def test_jetson_target_labels_device_rows_not_measured(tmp_path):
+def test_jetson_target_labels_device_rows_not_measured(tmp_path, capsys):
     out = tmp_path / "jetson"
     assert main(["all", "--preset", "tiny", "--target", "jetson", "--out", str(out), "--no-progress"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
@@ -91,6 +91,21 @@ def test_jetson_target_labels_device_rows_not_measured(tmp_path):
         assert r["latency_ms"] is None and r["measured_on"] == "host-cpu"
         assert "not measured on device" in r["latency_note"]
     assert not any(r["format"] == "tflite" for r in rows)
+    assert {r["precision"] for r in device} == {"fp32", "fp16"}
+    export = out / "export"
+    artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]
+    for a in artifacts:  # every Jetson ONNX comes with the script that builds its engine on the device
+        script = export / a["companions"][0]
+        assert script.suffix == ".sh" and "trtexec" in script.read_text()
+        assert a["parity"]["passed"] and a["sha256"] == sha256_file(export / a["file"])
+        assert a["versions"]["torch"].startswith("2.13")
+    # a file changed after export (same size, so the export stage still looks current) is refused by measure
+    onnx = export / "student_fp32.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    assert main(["measure", "--out", str(out), "--force", "--no-progress"]) == 2
+    assert "student_fp32.onnx: sha256 does not match artifacts.json" in _one_error_line(capsys)
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -197,3 +212,27 @@ def test_idx_pointing_past_the_end(tmp_path, capsys, synth_data):
         tmp_path, capsys, _real_data_config(tmp_path, train, synth_data / "synth_val.bin"), "distill"
     )
     assert "train" in line
+
+
+def test_android_target_ships_fp32_and_fp16_tflite_with_model_cards(tmp_path):
+    out = tmp_path / "android"
+    assert main(["all", "--preset", "tiny", "--target", "android", "--out", str(out), "--no-progress"]) == 0
+    export = out / "export"
+    from deploy.model_card import read_metadata
+
+    for precision in ("fp32", "fp16"):
+        tflite = export / f"student_{precision}.tflite"
+        card = json.loads((export / f"student_{precision}.json").read_text())
+        assert card["precision"] == precision and card["sha256"] == sha256_file(tflite)
+        assert card["embedding"]["size"] == 128 and card["preprocessing"]["colour_order"] == "RGB"
+        assert read_metadata(tflite)["precision"] == precision  # the same card, inside the flatbuffer
+    fp32, fp16 = (
+        (export / "student_fp32.tflite").stat().st_size,
+        (export / "student_fp16.tflite").stat().st_size,
+    )
+    assert fp16 < 0.65 * fp32
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    android = [r for r in rows if r["target"] == "android"]
+    assert {r["precision"] for r in android} == {"fp32", "fp16"} and all(
+        r["latency_ms"] is None for r in android
+    )
