@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from distill.atomic import atomic_path, write_json
+from distill.atomic import atomic_path, json_default, write_json
 from distill.data.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 from distill.errors import InputError
 
@@ -285,7 +285,7 @@ def embed_metadata(
     path = Path(tflite_path)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
     content = {k: v for k, v in card.items() if k != "sha256"}
-    payload = json.dumps(content, sort_keys=True, default=_plain).encode("utf-8")
+    payload = json.dumps(content, sort_keys=True, default=json_default).encode("utf-8")
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(payload, dtype=np.uint8)
     existing = [m for m in (model.metadata or []) if _metadata_name(m) == name]
@@ -320,17 +320,6 @@ def read_metadata(tflite_path: str | os.PathLike, *, name: str = METADATA_NAME) 
     except (ValueError, IndexError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"{path}: unreadable metadata '{name}' ({type(exc).__name__})") from exc
     return None
-
-
-def _plain(obj: Any) -> Any:
-    """JSON fallback for numpy scalars/arrays and paths in a card."""
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _metadata_name(entry: Any) -> str:
