@@ -269,8 +269,9 @@ def test_dataset_works_in_dataloader_workers(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     write_insightface_rec(tmp_path, [(i // 2, png_bytes(face(i))) for i in range(6)], 3)
     ds = RecFaceDataset(tmp_path)
-    ds[0]  # handle opened in the parent must not be shared by the forked workers
-    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
+    ds[0]  # a handle opened in the parent must not travel to the workers (pickled without it)
+    # spawn, not fork: forking after JAX/litert threads started (other tests) can deadlock
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, multiprocessing_context="spawn")
     labels = torch.cat([y for _, y in loader]).tolist()
     assert labels == [0, 0, 1, 1, 2, 2]
 
