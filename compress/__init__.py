@@ -1,1 +1,1 @@
-"""Stage two: quantization-aware distillation (INT8). Lands with the QAT issue."""
+"""Stage two: INT8 quantization of the distilled student with NNCF, then quantization-aware distillation."""

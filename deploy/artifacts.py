@@ -37,6 +37,8 @@ class Artifact:
     batch_size: int | None
     parity: dict | None
     companions: list[str] = field(default_factory=list)  # model.json, rebuild script, ...
+    source: str = "distill"  # the stage whose model it came from (distill = fp32, qat = INT8)
+    details: dict = field(default_factory=dict)  # exporter facts (INT8: scales carried, float ops left)
 
     def to_dict(self) -> dict:
         return asdict(self)

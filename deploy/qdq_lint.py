@@ -167,13 +167,21 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 
 
 def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Values known at build time: initializers and ``Constant`` node outputs."""
+    """Values known at build time: initializers, ``Constant`` outputs and ``Identity`` of either.
+
+    The TorchScript exporter shares one zero-point initializer between Q/DQ pairs through Identity
+    nodes; TensorRT folds those, so they count as constants.
+    """
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in STANDARD_DOMAINS:
+    for node in graph.node:  # nodes are topologically sorted, so a chain resolves in one pass
+        if node.domain not in STANDARD_DOMAINS:
+            continue
+        if node.op_type == "Constant":
             for attr in node.attribute:
                 if attr.name == "value":
                     values[node.output[0]] = numpy_helper.to_array(attr.t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 
@@ -195,4 +203,6 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
             for attr in node.attribute:
                 if attr.name == "value":
                     types[node.output[0]] = attr.t.data_type
+        elif node.op_type == "Identity" and node.input[0] in types:
+            types[node.output[0]] = types[node.input[0]]
     return types

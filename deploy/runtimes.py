@@ -282,9 +282,10 @@ def load_embedder(
         return OnnxEmbedder(path, num_threads=num_threads, name=name)
     if suffix == ".tflite":
         return TfliteEmbedder(path, num_threads=num_threads, name=name)
+    from compress.checkpoint import is_quantized_checkpoint, load_quantized
     from distill.models.checkpoint import load_model  # lazy: only checkpoints need the model zoo
 
-    model, _meta = load_model(path)
+    model = load_quantized(path)[0] if is_quantized_checkpoint(path) else load_model(path)[0]
     return TorchEmbedder(model, num_threads=num_threads, name=name or path.name)
 
 

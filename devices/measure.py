@@ -8,6 +8,7 @@ host number passed off as a device number.
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tqdm import tqdm
 from deploy.runtimes import Embedder, load_embedder
 from devices.latency import measure_embedder_latency
 from distill.data.verification_bin import VerificationSet
+from distill.errors import InputError
 from distill.metrics.verification import embed_pairs, evaluate_verification
 
 HOST_LABEL = "host-cpu"
@@ -122,8 +124,17 @@ def measure_rows(
     runs: int,
     flip: bool = True,
     progress: bool = True,
+    device: Any = None,
+    connect: Callable[[], Any] | None = None,
+    estimate_graphs: dict[str, Path] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per artifact x target (the host always; the chosen device target as well)."""
+    """One row per artifact x target: the host always; the chosen device target as well.
+
+    The device row is measured through ``connect()`` (a fresh runner per artifact) when a device is
+    connected; otherwise it carries the host's accuracy and, where the catalogue ``device`` has the
+    figures, a latency estimate labelled as such. ``estimate_graphs`` maps an artifact's source stage to
+    an ONNX of the same model, for estimating formats that are not ONNX themselves.
+    """
     rows = []
     for art in tqdm(artifacts, desc="measure", unit="artifact", disable=not progress):
         path = export_dir / art["file"]
@@ -135,6 +146,7 @@ def measure_rows(
             "size_bytes": path.stat().st_size,
             "sha256": art["sha256"],
             "parity": art.get("parity"),
+            "stage": art.get("source", "distill"),
         }
         if art["format"] not in HOST_RUNTIMES:
             rows.append(
@@ -156,6 +168,39 @@ def measure_rows(
             **measure_on_host(path, sets, threads=threads, warmup=warmup, runs=runs, flip=flip),
         }
         rows.append(host)
-        if target != "host":
-            rows.append(device_row_without_device(host, target))
+        if target == "host":
+            continue
+        if connect is not None:
+            from devices.device_measure import measure_on_device
+
+            settings = {"warmup": warmup, "runs": runs, "threads": threads, "flip": flip}
+            rows.append({**measure_on_device(connect(), art, path, sets, settings), "target": target})
+            continue
+        rows.append(_estimated_row(host, target, device, path, art, threads, estimate_graphs or {}))
     return rows
+
+
+def _estimated_row(
+    host: dict[str, Any],
+    target: str,
+    device: Any,
+    path: Path,
+    art: dict[str, Any],
+    threads: int,
+    graphs: dict[str, Path],
+) -> dict[str, Any]:
+    """No device connected: host accuracy, no latency, and a roofline estimate where one can be made."""
+    row = device_row_without_device(host, target)
+    graph = path if art["format"] == "onnx" else graphs.get(art.get("source", "distill"))
+    if device is None or graph is None:
+        return row
+    from devices.device_measure import estimate_row
+
+    try:
+        est = estimate_row(host, device, graph, threads=threads, precision=art["precision"])
+    except InputError as exc:  # the catalogue lacks a figure for this precision: say so, estimate nothing
+        row["latency_estimate_note"] = f"no estimate: {exc}"
+        return row
+    est["target"] = target
+    est["device"] = {"name": device.name, "catalogue": str(device.path)}
+    return est

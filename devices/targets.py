@@ -14,7 +14,8 @@ from distill.errors import InputError
 @dataclass(frozen=True)
 class Target:
     name: str
-    formats: tuple[tuple[str, str], ...]  # (format, precision) pairs the target runs
+    # (format, precision) pairs the target runs; int8 ones come from stage two (QAT) when it is enabled
+    formats: tuple[tuple[str, str], ...]
     runtime: str
     description: str
 
@@ -28,13 +29,13 @@ TARGETS: dict[str, Target] = {
     ),
     "jetson": Target(
         "jetson",
-        (("onnx", "fp32"), ("onnx", "fp16")),
+        (("onnx", "fp32"), ("onnx", "fp16"), ("onnx", "int8")),
         "TensorRT (engine built on the device from the ONNX)",
         "NVIDIA Jetson over ssh",
     ),
     "android": Target(
         "android",
-        (("tflite", "fp32"), ("tflite", "fp16")),
+        (("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")),
         "LiteRT (XNNPACK / GPU / NNAPI delegates)",
         "Android phone over adb",
     ),

@@ -66,6 +66,8 @@ class TrainConfig:
     sampler: str = "random"
     balanced_identities: int = 8
     balanced_images: int = 4
+    # keep BatchNorm statistics fixed (eval mode) while training: QAT fine-tuning of a trained student
+    freeze_bn: bool = False
 
 
 @dataclass
@@ -111,6 +113,34 @@ class DistillConfig:
 
 
 @dataclass
+class QatConfig:
+    """Stage two: NNCF INT8 quantization of the distilled student, then distillation with fake-quant.
+
+    The scheme is fixed to what both targets run natively: symmetric INT8, per-channel weights,
+    per-tensor activations, zero point 0 (see compress/quantize.py).
+    """
+
+    enabled: bool = True  # false: no INT8 artifacts; export uses the fp32 student only
+    calibration_images: int = 256  # training images drawn (seeded) for range calibration (PTQ and QAT)
+    calibration_batch: int = 32
+    # activation range init: histogram (best on MobileFaceNet in shared/research/spike-qat-scales.md),
+    # mean_minmax (NNCF's default) or minmax
+    range_estimator: str = "histogram"
+    fast_bias_correction: bool = True
+    # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
+    losses: list[LossSpec] = field(default_factory=list)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=0.3, lr=0.005, weight_decay=5e-5, warmup_steps=0, freeze_bn=True, checkpoint_every=50
+        )
+    )
+    # INT8 .tflite: "carry" imposes NNCF's learned scales on the LiteRT graph, "calibrate" re-calibrates
+    # the QAT weights with LiteRT's own observers
+    tflite_scales: str = "carry"
+    tflite_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
+
+
+@dataclass
 class ExportConfig:
     """Stage three: artifact shapes and opset."""
 
@@ -134,6 +164,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    qat: QatConfig = field(default_factory=QatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
@@ -150,6 +181,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4},
         },
         "distill": {"train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4}},
+        "qat": {
+            "enabled": False,  # stage two adds ~30 s and a 1-3 min INT8 .tflite conversion: opt in
+            "calibration_images": 16,
+            "calibration_batch": 8,
+            "train": {"epochs": 0.25, "batch_size": 16, "checkpoint_every": 4},
+        },
         "export": {"parity_images": 4},
         "measure": {"warmup": 2, "runs": 5},
     },
@@ -169,6 +206,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                 {"name": "feature_l2", "weight": 10.0, "params": {}},
             ],
             "train": {"epochs": 20, "batch_size": 128, "checkpoint_every": 2000, "eval_every": 2000},
+        },
+        "qat": {
+            "calibration_images": 1024,
+            "train": {
+                "epochs": 2,
+                "batch_size": 128,
+                "lr": 0.001,
+                "checkpoint_every": 2000,
+                "eval_every": 2000,
+            },
         },
         "measure": {"runs": 500, "warmup": 50},
     },
@@ -294,7 +341,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def validate(cfg: Config) -> None:
     """Checks that need more than types (ranges, choices); raises InputError naming the key."""
-    for name, tc in (("teacher.train", cfg.teacher.train), ("distill.train", cfg.distill.train)):
+    for name, tc in (
+        ("teacher.train", cfg.teacher.train),
+        ("distill.train", cfg.distill.train),
+        ("qat.train", cfg.qat.train),
+    ):
         if tc.batch_size < 2:
             raise InputError(f"{name}.batch_size: must be >= 2, got {tc.batch_size}")
         if tc.lr <= 0:
@@ -317,6 +368,17 @@ def validate(cfg: Config) -> None:
         raise InputError(
             f"data.synth.val_pairs: must be an even number >= 20, got {cfg.data.synth.val_pairs}"
         )
+    q = cfg.qat
+    if q.range_estimator not in ("histogram", "mean_minmax", "minmax"):
+        raise InputError(
+            f"qat.range_estimator: must be histogram, mean_minmax or minmax; got '{q.range_estimator}'"
+        )
+    if q.calibration_images < 1 or q.calibration_batch < 1:
+        raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")
+    if q.tflite_scales not in ("carry", "calibrate"):
+        raise InputError(f"qat.tflite_scales: must be 'carry' or 'calibrate'; got '{q.tflite_scales}'")
+    if q.tflite_io not in ("int8", "float32"):
+        raise InputError(f"qat.tflite_io: must be 'int8' or 'float32'; got '{q.tflite_io}'")
     if cfg.export.batch_size < 0:
         raise InputError(f"export.batch_size: must be >= 0 (0 = dynamic), got {cfg.export.batch_size}")
     if cfg.measure.runs < 1:

@@ -80,6 +80,8 @@ def fit_model(
         "images_per_second": summary.images_per_second,
         "steps": summary.steps,
     }
+    # the loss terms' learned state (margin head, projectors, memory bank): stage two resumes from it
+    extra["loss_state"] = {k: v.detach().cpu().clone() for k, v in terms.state_dict().items()}
     head = _margin_head_weight(terms)
     if head is not None:
         extra["head_weight"] = head

@@ -54,6 +54,36 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
         help="keep going when an exported artifact disagrees with PyTorch (marked failed)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (CI logs)")
+    if target:
+        _device_args(p)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """Where the measure stage runs the target's artifacts; without a connection it estimates latency."""
+    g = p.add_argument_group(
+        "device (measure stage)",
+        "Without --ssh/--adb-serial no device is used: device rows carry the host's accuracy and a latency "
+        "estimate from the catalogue figures, labelled 'estimated'. See 'python -m pipeline devices list'.",
+    )
+    g.add_argument(
+        "--device",
+        default="",
+        metavar="NAME",
+        help="catalogue device for the target [jetson: jetson-orin-nano, android: android-arm64-generic]",
+    )
+    g.add_argument(
+        "--devices-dir", action="append", default=[], metavar="DIR", help="extra device .yaml folder"
+    )
+    g.add_argument(
+        "--ssh", default="", metavar="USER@HOST[:PORT]", help="Jetson reachable over ssh (key auth)"
+    )
+    g.add_argument("--key", default="", help="ssh private key file")
+    g.add_argument("--known-hosts", default="", help="known_hosts holding the device's host key (strict)")
+    g.add_argument("--remote-python", default="python3", help="Python on the device for the harness")
+    g.add_argument("--adb-serial", default="", metavar="SERIAL", help="Android phone serial (adb devices)")
+    g.add_argument("--adb", default="adb", help="adb executable [adb]")
+    g.add_argument("--benchmark-model", default="", help="LiteRT benchmark_model binary for the phone")
+    g.add_argument("--delegate", default="xnnpack", choices=["cpu", "xnnpack", "gpu", "nnapi"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,16 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stage_help = {
-        "all": "run every stage: data -> teacher -> distill -> export -> measure -> report",
+        "all": "run every stage: data -> teacher -> distill -> qat -> export -> measure -> report",
         "teacher": "train the teacher on the data (or register the given ONNX/checkpoint teacher)",
         "distill": "cache teacher embeddings and distill the student (stage one)",
+        "qat": "INT8 with NNCF: post-training quantization baseline, then quantization-aware "
+        "distillation with the teacher still teaching (stage two)",
         "export": "export the student for the target and check each artifact against PyTorch",
         "measure": "measure accuracy and latency of every artifact; writes results.json",
-        "report": "write report.md from results.json",
+        "report": "write report.md and report.html (tables, ROC, accuracy-vs-latency, training curves)",
     }
     for name, text in stage_help.items():
         p = sub.add_parser(name, help=text, description=text)
         _run_args(p)
+    from pipeline.ci_cli import add_ci_commands
+    from pipeline.devices_cli import add_devices_commands
+
+    add_ci_commands(sub)
+    add_devices_commands(sub)
 
     data = sub.add_parser("data", help="generate or inspect face data sets")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -126,15 +163,24 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:
         from deploy.artifacts import ParityError
+        from deploy.onnx_qdq import QdqLintError
+        from devices.runners.base import DeviceError
         from distill.engine.train import NonFiniteLoss
 
-        if isinstance(exc, (ParityError, NonFiniteLoss)):
+        if isinstance(exc, (ParityError, NonFiniteLoss, QdqLintError, DeviceError)):
             print(f"failed: {exc}", file=sys.stderr)
             return 1
         raise
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from pipeline.ci_cli import run_ci_command
+    from pipeline.devices_cli import run_devices_command
+
+    for command in (run_ci_command, run_devices_command):
+        code = command(args)
+        if code is not None:
+            return code
     if args.command == "data":
         return _data(args)
     if args.command == "evaluate":
@@ -162,6 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _context(args: argparse.Namespace) -> Any:
     """Config and target for a run folder; a stage re-run without flags reuses the folder's settings."""
+    from devices.connect import DeviceConnection
     from distill.atomic import write_json
     from distill.config import Config, from_dict, load_config, to_dict, validate
     from pipeline.runfolder import RunFolder
@@ -191,6 +238,18 @@ def _context(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         force=args.force,
         allow_parity_failure=args.allow_parity_failure,
+        connection=DeviceConnection(
+            device=args.device,
+            ssh=args.ssh,
+            key=args.key,
+            known_hosts=args.known_hosts,
+            remote_python=args.remote_python,
+            adb_serial=args.adb_serial,
+            adb=args.adb,
+            benchmark_model=args.benchmark_model,
+            delegate=args.delegate,
+            devices_dirs=tuple(args.devices_dir),
+        ),
     )
 
 

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devices.connect import DeviceConnection
 from distill.atomic import write_json, write_text
 from distill.config import Config, config_hash
 from distill.errors import InputError
 from pipeline.runfolder import RunFolder, StageOutcome, fingerprint
 
-STAGES = ["data", "teacher", "cache", "distill", "export", "measure", "report"]
+STAGES = ["data", "teacher", "cache", "distill", "qat", "export", "measure", "report"]
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Context:
     force: bool = False
     allow_parity_failure: bool = False
     log: Callable[[str], None] = print
+    connection: DeviceConnection = field(default_factory=DeviceConnection)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -267,16 +269,59 @@ def teacher_head(ctx: Context) -> Any:
     return (meta.get("extra") or {}).get("head_weight")
 
 
+# ----------------------------------------------------------------------------------------------- qat
+def stage_qat(ctx: Context) -> dict[str, Any]:
+    """Stage two: NNCF INT8 (PTQ baseline, then quantization-aware distillation with the teacher)."""
+    q = ctx.cfg.qat
+    key = {"qat_cfg": config_hash(q), **_upstream(ctx, "distill", "cache")}
+
+    def fn(work: Path) -> StageOutcome:
+        if not q.enabled:
+            write_json(work / "qat.json", {"enabled": False})
+            return StageOutcome(["qat.json"], {"enabled": False})
+        from compress.qat import quantization_aware_distill
+        from distill.engine.train import TeacherTargets
+        from distill.teacher import open_teacher_cache
+
+        train, vals = load_data(ctx)
+        plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
+        outcome = quantization_aware_distill(
+            student_path=ctx.run.stage_dir("distill") / "student.pt",
+            expected_arch=ctx.cfg.distill.arch,
+            cfg=q,
+            stage_one_losses=ctx.cfg.distill.losses,
+            dataset=train,
+            val_sets=vals,
+            out_dir=work,
+            teacher=TeacherTargets(plain, flipped),
+            teacher_head=teacher_head(ctx),
+            flip_eval=ctx.cfg.measure.flip,
+            workers=ctx.cfg.data.workers,
+            progress=ctx.progress,
+        )
+        metrics = {"enabled": True, **outcome.metrics}
+        write_json(work / "qat.json", metrics)
+        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json"], metrics)
+
+    return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, collective=True)
+
+
+def qat_enabled(ctx: Context) -> bool:
+    """Whether stage two produced an INT8 model in this run folder."""
+    return (ctx.run.stage_dir("qat") / "qat.pt").is_file()
+
+
 # -------------------------------------------------------------------------------------------- export
 def stage_export(ctx: Context) -> dict[str, Any]:
-    e = ctx.cfg.export
+    e, q = ctx.cfg.export, ctx.cfg.qat
     from devices.targets import formats_for
 
     key = {
         "export_cfg": config_hash(e),
         "target": ctx.target,
         "formats": formats_for(ctx.target),
-        **_upstream(ctx, "distill"),
+        "int8": {"tflite_scales": q.tflite_scales, "tflite_io": q.tflite_io},
+        **_upstream(ctx, "distill", "qat"),
     }
 
     def fn(work: Path) -> StageOutcome:
@@ -287,21 +332,33 @@ def stage_export(ctx: Context) -> dict[str, Any]:
 
         student_path = ctx.run.stage_dir("distill") / "student.pt"
         model, _ = load_model(student_path)
-        _, vals = load_data(ctx)
+        train, vals = load_data(ctx)
+        wanted = formats_for(ctx.target)
         artifacts = export_artifacts(
             model,
-            formats_for(ctx.target),
+            [f for f in wanted if f[1] != "int8"],
             work,
             parity_images=parity_batch(vals[0].images, e.parity_images),
             batch_size=e.batch_size or None,
             opset=e.opset,
             allow_parity_failure=ctx.allow_parity_failure,
         )
+        int8 = [fmt for fmt, precision in wanted if precision == "int8"]
+        if int8 and qat_enabled(ctx):
+            artifacts += _int8_artifacts(ctx, int8, work, train, vals)
+        elif int8:
+            ctx.log("[export] no INT8 artifacts: stage two is disabled (qat.enabled: false)")
         if ctx.target == "jetson":
             artifacts += add_tensorrt(artifacts, work, log=ctx.log)
-        if any(a.format == "tflite" for a in artifacts):
-            add_model_cards(artifacts, work, thresholds=_thresholds(model, vals[0]), version=_version())
-        source = sha256_file(student_path)
+        # thresholds move with quantization: each card gets those of the model its artifact came from
+        for source in ("distill", "qat"):
+            cards = [a for a in artifacts if a.format == "tflite" and a.source == source]
+            if cards:
+                ref = model if source == "distill" else _qat_model(ctx)
+                add_model_cards(cards, work, thresholds=_thresholds(ref, vals[0]), version=_version())
+        sources = {"distill": sha256_file(student_path)}
+        if qat_enabled(ctx):
+            sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / "qat.pt")
         tools = versions()
         entries = []
         for a in artifacts:
@@ -310,7 +367,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
                 target=ctx.target,
                 sha256=sha256_file(work / a.file),
                 size_bytes=(work / a.file).stat().st_size,
-                source_checkpoint=source,
+                source_checkpoint=sources.get(a.source, sources["distill"]),
                 versions=tools,
             )
             entries.append(entry)
@@ -319,6 +376,38 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         return StageOutcome(files + ["artifacts.json"], {a.name: a.parity for a in artifacts})
 
     return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _qat_model(ctx: Context) -> Any:
+    from compress.checkpoint import load_quantized
+
+    return load_quantized(ctx.run.stage_dir("qat") / "qat.pt")[0]
+
+
+def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, vals: list[Any]) -> list[Any]:
+    """Q/DQ ONNX and full-integer .tflite of the QAT model, checked against its fake-quant outputs."""
+    from compress.checkpoint import float_model, load_quantized
+    from compress.quantize import calibration_batches
+    from deploy.artifacts import parity_batch
+    from deploy.int8_artifacts import export_int8_artifacts
+
+    q, e = ctx.cfg.qat, ctx.cfg.export
+    qat_path = ctx.run.stage_dir("qat") / "qat.pt"
+    qmodel, _ = load_quantized(qat_path)
+    calib = calibration_batches(train, q.calibration_images, 1, q.train.seed)
+    return export_int8_artifacts(
+        qmodel,
+        float_model(qat_path),
+        formats,
+        work,
+        parity_images=parity_batch(vals[0].images, e.parity_images),
+        calibration=[b.numpy() for b in calib],
+        batch_size=e.batch_size or None,
+        opset=e.opset,
+        tflite_scales=q.tflite_scales,
+        tflite_io=q.tflite_io,
+        allow_parity_failure=ctx.allow_parity_failure,
+    )
 
 
 def _thresholds(model: Any, val: Any) -> dict[str, Any]:
@@ -350,12 +439,17 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
     key = {
         "measure_cfg": config_hash(m),
         "target": ctx.target,
-        **_upstream(ctx, "teacher", "distill", "export"),
+        "device": ctx.connection.key_fields(),
+        **_upstream(ctx, "teacher", "distill", "qat", "export"),
     }
 
     def fn(work: Path) -> StageOutcome:
+        from devices.connect import open_runner, resolve_device
         from devices.measure import measure_on_host, measure_rows
         from pipeline.runfolder import sha256_file
+
+        device = resolve_device(ctx.target, ctx.connection)
+        graphs = _estimate_graphs(ctx, work)
 
         _, vals = load_data(ctx)
         export_dir = ctx.run.stage_dir("export")
@@ -379,12 +473,15 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                     "precision": "fp32",
                     "target": "host",
                     "role": role,
+                    "stage": "teacher" if role == "teacher" else "distill",
                     "path": str(src),
                     "size_bytes": src.stat().st_size,
                     "sha256": sha256_file(src),
                     **row,
                 }
             )
+        if qat_enabled(ctx):
+            rows += _fake_quant_rows(ctx, vals)
         rows += [
             {"role": "artifact", **r}
             for r in measure_rows(
@@ -397,14 +494,103 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                 runs=m.runs,
                 flip=m.flip,
                 progress=ctx.progress,
+                device=device,
+                connect=(lambda: open_runner(device, ctx.connection, work / "device_logs"))
+                if ctx.connection.connected
+                else None,
+                estimate_graphs=graphs,
             )
         ]
-        results = {"target": ctx.target, "rows": rows}
+        results = {
+            "target": ctx.target,
+            "device": {"name": device.name, "connected": ctx.connection.connected},
+            "rows": rows,
+            "estimator_error_on_host": _estimator_error(ctx, graphs),
+        }
         write_json(work / "results.json", results)
         write_json(ctx.run.root / "results.json", results)
         return StageOutcome(["results.json"], {"rows": len(rows)})
 
     return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _estimate_graphs(ctx: Context, work: Path) -> dict[str, Path]:
+    """fp32 ONNX graphs of the teacher and student, for latency estimates and the estimator's error.
+
+    A .tflite row is estimated from the ONNX of the same model at the row's precision.
+    """
+    from deploy.onnx_export import export_onnx
+    from distill.models.checkpoint import load_model
+
+    graphs = {}
+    student, _ = load_model(ctx.run.stage_dir("distill") / "student.pt")
+    graphs["distill"] = export_onnx(student, work / "estimate_student.onnx", batch_size=1)
+    graphs["qat"] = graphs["distill"]  # same graph; the estimate takes the row's precision
+    teacher = _teacher_reference(ctx)
+    if teacher is not None and teacher.suffix == ".onnx":
+        graphs["teacher"] = teacher
+    elif teacher is not None:
+        graphs["teacher"] = export_onnx(load_model(teacher)[0], work / "estimate_teacher.onnx", batch_size=1)
+    return graphs
+
+
+def _estimator_error(ctx: Context, graphs: dict[str, Path]) -> list[dict[str, Any]]:
+    """Roofline estimate against onnxruntime latency on this host, for the teacher and the student.
+
+    Both numbers exist only on the host; the error tells how far to trust the device estimates.
+    """
+    from deploy.runtimes import load_embedder
+    from devices.catalogue import load_catalogue
+    from devices.estimate import estimator_error_on_host, with_host_figures
+    from devices.latency import measure_embedder_latency
+
+    m = ctx.cfg.measure
+    try:
+        host = with_host_figures(load_catalogue(ctx.connection.devices_dirs)["host-cpu"])
+    except InputError as exc:
+        return [{"error": f"host figures unavailable: {exc}"}]
+    out = []
+    for model in ("teacher", "distill"):
+        if model not in graphs:
+            continue
+        embedder = load_embedder(graphs[model], num_threads=m.threads)
+        stats = measure_embedder_latency(embedder, warmup=m.warmup, runs=m.runs, batch_size=1)
+        err = estimator_error_on_host(graphs[model], stats.p50, host, threads=m.threads)
+        out.append({"model": "student" if model == "distill" else model, "runtime": "onnxruntime", **err})
+    return out
+
+
+def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[dict[str, Any]]:
+    """Accuracy of the PTQ baseline and the QAT model as fake-quant PyTorch models (what QAT bought).
+
+    Their latency is not reported: fake quantization runs in float and says nothing about INT8 speed.
+    """
+    from deploy.runtimes import load_embedder
+    from devices.measure import HOST_LABEL, accuracy_fields
+    from pipeline.runfolder import sha256_file
+
+    rows = []
+    for stage in ("ptq", "qat"):
+        path = ctx.run.stage_dir("qat") / f"{stage}.pt"
+        embedder = load_embedder(path, num_threads=ctx.cfg.measure.threads, name=stage)
+        rows.append(
+            {
+                "name": f"student-{stage}-pytorch-int8",
+                "format": "pytorch",
+                "precision": "int8",
+                "target": "host",
+                "role": f"student-{stage}",
+                "stage": stage,
+                "path": str(path),
+                "size_bytes": path.stat().st_size,
+                "sha256": sha256_file(path),
+                **accuracy_fields(embedder, vals, ctx.cfg.measure.flip),
+                "latency_ms": None,
+                "latency_note": "fake-quant PyTorch model (float arithmetic): accuracy only",
+                "measured_on": HOST_LABEL,
+            }
+        )
+    return rows
 
 
 def _teacher_reference(ctx: Context) -> Path | None:
@@ -431,16 +617,15 @@ def _verify_artifact_hashes(export_dir: Path, artifacts: list[dict[str, Any]]) -
 
 # -------------------------------------------------------------------------------------------- report
 def stage_report(ctx: Context) -> dict[str, Any]:
-    key = {**_upstream(ctx, "measure", "teacher", "distill")}
+    key = {**_upstream(ctx, "measure", "teacher", "distill", "qat")}
 
     def fn(work: Path) -> StageOutcome:
-        from pipeline.report import render_markdown
+        from pipeline.html_report import write_reports
 
-        results = json.loads((ctx.run.stage_dir("measure") / "results.json").read_text())
-        text = render_markdown(results, ctx.run.manifest())
-        write_text(work / "report.md", text)
-        write_text(ctx.run.root / "report.md", text)
-        return StageOutcome(["report.md"], {})
+        names = write_reports(ctx.run.root, work)
+        for name in names:  # also at the top of the run folder, where people look first
+            write_text(ctx.run.root / name, (work / name).read_text())
+        return StageOutcome(names, {})
 
     return ctx.run.run("report", key, fn, force=ctx.force, log=ctx.log)
 
@@ -450,6 +635,7 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "teacher": stage_teacher,
     "cache": stage_cache,
     "distill": stage_distill,
+    "qat": stage_qat,
     "export": stage_export,
     "measure": stage_measure,
     "report": stage_report,

@@ -81,9 +81,12 @@ def test_evaluate_command_matches_the_measured_row(host_run, capsys):
     assert info["pairs"] == got["pairs"]
 
 
-def test_jetson_target_labels_device_rows_not_measured(tmp_path, capsys):
+def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys):
     out = tmp_path / "jetson"
-    assert main(["all", "--preset", "tiny", "--target", "jetson", "--out", str(out), "--no-progress"]) == 0
+    cfg = tmp_path / "qat.yaml"
+    cfg.write_text("qat:\n  enabled: true\n")
+    args = ["all", "--preset", "tiny", "--config", str(cfg), "--target", "jetson", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
     device = [r for r in rows if r["target"] == "jetson"]
     assert device and all(r["format"] == "onnx" for r in device)
@@ -91,7 +94,11 @@ def test_jetson_target_labels_device_rows_not_measured(tmp_path, capsys):
         assert r["latency_ms"] is None and r["measured_on"] == "host-cpu"
         assert "not measured on device" in r["latency_note"]
     assert not any(r["format"] == "tflite" for r in rows)
-    assert {r["precision"] for r in device} == {"fp32", "fp16"}
+    assert {r["precision"] for r in device} == {"fp32", "fp16", "int8"}
+    # stage two: the PTQ baseline and the QAT model are measured (accuracy only) beside the artifacts
+    fake_quant = {r["stage"]: r for r in rows if r["format"] == "pytorch" and r["precision"] == "int8"}
+    assert set(fake_quant) == {"ptq", "qat"}
+    assert all(r["accuracy"] is not None and r["latency_ms"] is None for r in fake_quant.values())
     export = out / "export"
     artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]
     for a in artifacts:  # every Jetson ONNX comes with the script that builds its engine on the device
@@ -99,6 +106,11 @@ def test_jetson_target_labels_device_rows_not_measured(tmp_path, capsys):
         assert script.suffix == ".sh" and "trtexec" in script.read_text()
         assert a["parity"]["passed"] and a["sha256"] == sha256_file(export / a["file"])
         assert a["versions"]["torch"].startswith("2.13")
+    int8 = next(a for a in artifacts if a["precision"] == "int8")
+    assert int8["source"] == "qat" and int8["details"]["qdq_lint"] == "passed"
+    assert "fake-quant" in int8["parity"]["reference"]
+    assert int8["source_checkpoint"] == sha256_file(out / "qat" / "qat.pt")
+    assert "student_int8.onnx" in (export / int8["companions"][0]).read_text()
     # a file changed after export (same size, so the export stage still looks current) is refused by measure
     onnx = export / "student_fp32.onnx"
     data = bytearray(onnx.read_bytes())

@@ -186,3 +186,26 @@ def test_lints_a_file_and_reports_unreadable_ones(tmp_path):
         lint_qdq(bad)
     with pytest.raises(InputError, match="not found"):
         lint_qdq(tmp_path / "missing.onnx")
+
+
+def _zero_point_through_identity(model: onnx.ModelProto, value: np.ndarray) -> onnx.ModelProto:
+    """Route the activation zero point through Identity nodes, as the TorchScript exporter does."""
+    g = model.graph
+    for init in list(g.initializer):
+        if init.name == "act_zp":
+            g.initializer.remove(init)
+    g.initializer.append(numpy_helper.from_array(value, "shared_zp"))
+    g.node.insert(0, helper.make_node("Identity", ["shared_zp"], ["zp_hop"], name="id1"))
+    g.node.insert(1, helper.make_node("Identity", ["zp_hop"], ["act_zp"], name="id2"))
+    return model
+
+
+def test_zero_point_shared_through_identity_counts_as_constant():
+    model = _zero_point_through_identity(build(), np.array(0, dtype=np.int8))
+    onnx.checker.check_model(model, full_check=True)
+    assert lint_qdq(model) == []
+
+
+def test_nonzero_zero_point_behind_identity_is_still_flagged():
+    model = _zero_point_through_identity(build(), np.array(3, dtype=np.int8))
+    assert rules(lint_qdq(model)) == {("act_q", "zero_point"), ("act_dq", "zero_point")}

@@ -63,6 +63,9 @@ class TrainJob:
     progress: bool = True
     workers: int = 0  # DataLoader worker processes
     stop_after_step: int = 0  # > 0: return after this step as if interrupted (tests)
+    # parameters whose name contains one of these get no weight decay (QAT quantizer scales: decay
+    # would shrink the ranges towards clipping everything)
+    no_decay: tuple[str, ...] = ()
 
 
 @dataclass
@@ -182,8 +185,8 @@ def train(job: TrainJob) -> TrainSummary:
     memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
     trainable: nn.Module = _Trainable(model, losses, (device, amp_dtype))
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    groups = _param_groups(trainable, job.no_decay)
+    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_step, history, evaluations = 0, [], []
@@ -233,7 +236,7 @@ def train(job: TrainJob) -> TrainSummary:
         disable=not (job.progress and dist_info.is_main),
         dynamic_ncols=True,
     )
-    trainable.train()
+    _train_mode(trainable, cfg.freeze_bn)
     step = start_step
     batches = iter(loader)
     rank_slice = slice(dist_info.rank * local_batch, (dist_info.rank + 1) * local_batch)
@@ -309,6 +312,27 @@ def train(job: TrainJob) -> TrainSummary:
     )
 
 
+def _param_groups(module: nn.Module, no_decay: tuple[str, ...]) -> list[dict[str, Any]]:
+    """One group normally; a second, decay-free group for parameters named in ``no_decay``."""
+    decay, free = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (free if any(s in name for s in no_decay) else decay).append(p)
+    groups = [{"params": decay}]
+    if free:
+        groups.append({"params": free, "weight_decay": 0.0})
+    return groups
+
+
+def _train_mode(module: nn.Module, freeze_bn: bool) -> None:
+    """train(), with BatchNorm layers kept in eval mode (fixed running statistics) when asked."""
+    module.train()
+    if freeze_bn:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _evaluate(job: TrainJob, model: nn.Module, step: int, writer: Any, dist_info: DistInfo) -> dict[str, Any]:
     """Verification metrics on rank 0 (the others wait), as arcface_torch's callback does."""
     metrics: dict[str, Any] = {}
@@ -317,7 +341,7 @@ def _evaluate(job: TrainJob, model: nn.Module, step: int, writer: Any, dist_info
         try:
             metrics = job.evaluate(model) if job.evaluate else {}
         finally:
-            model.train()
+            _train_mode(model, job.cfg.freeze_bn)
     barrier(dist_info)
     for key, value in metrics.items():
         if isinstance(value, (int, float)):

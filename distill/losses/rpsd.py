@@ -37,6 +37,7 @@ from distill.losses.memory_bank import MemoryBank
 def _already_global(t: torch.Tensor) -> torch.Tensor:
     return t
 
+
 LOSS_MODES = ("mse", "smooth_l1", "kl")
 
 
@@ -154,9 +155,12 @@ class RPSDLoss(LossTerm):
         if self.gather is None and distributed_world() > 1:
             # Under DDP the relations are those of the global batch: every rank computes the same loss,
             # its own samples carry the gradient (scaled so DDP's mean equals the 1-process gradient).
-            inputs = LossInputs(student=all_gather_with_grad(inputs.student),
-                                labels=all_gather_no_grad(inputs.labels),
-                                teacher=all_gather_no_grad(inputs.teacher), step=inputs.step)
+            inputs = LossInputs(
+                student=all_gather_with_grad(inputs.student),
+                labels=all_gather_no_grad(inputs.labels),
+                teacher=all_gather_no_grad(inputs.teacher),
+                step=inputs.step,
+            )
             return self._loss(inputs, gather=_already_global)
         return self._loss(inputs, gather=self.gather)
 

@@ -1,0 +1,140 @@
+"""Quantization-aware distillation: NNCF fake-quant student, trained by the stage-one engine.
+
+The sequence is the one NNCF documents for QAT (quantize with calibration, then fine-tune the hooked
+model), with the fine-tuning done by :func:`distill.engine.train.train` so the teacher keeps teaching
+through the same loss terms as stage one. The post-training-quantized model (same calibration, no
+fine-tuning) is kept beside it as the PTQ baseline. Both are resumable: ``ptq.pt`` is written once, and
+the engine's ``checkpoints/last.pt`` carries the QAT state (model incl. quantizer scales, optimiser, RNG).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.checkpoint import load_quantized, save_quantized
+from compress.quantize import calibration_batches, quantize_model, quantizer_counts, scheme_problems
+from distill.config import LossSpec, QatConfig
+from distill.data.verification_bin import VerificationSet
+from distill.engine.distributed import current_dist
+from distill.engine.train import TeacherTargets, TrainJob, train
+from distill.errors import InputError
+from distill.evaluation import evaluate_sets, summary_metrics, torch_embed_fn
+from distill.losses import LossDims, build_losses
+from distill.models.checkpoint import load_model
+
+# NNCF's trainable quantizer scales: no weight decay on them (decay would shrink every range).
+SCALE_PARAMS = ("_scale_param_storage",)
+
+
+@dataclass
+class QatOutcome:
+    ptq_path: Path
+    qat_path: Path
+    metrics: dict[str, Any]  # per model ("fp32", "ptq", "qat"): verification metrics
+
+
+def quantization_aware_distill(
+    *,
+    student_path: Path,
+    expected_arch: str,
+    cfg: QatConfig,
+    stage_one_losses: list[LossSpec],
+    dataset: Any,
+    val_sets: list[VerificationSet],
+    out_dir: Path,
+    teacher: TeacherTargets | None,
+    teacher_head: torch.Tensor | None = None,
+    flip_eval: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+    stop_after_step: int = 0,
+) -> QatOutcome:
+    """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``."""
+    fp32, meta = load_model(student_path)
+    if meta["arch"] != expected_arch:
+        raise InputError(
+            f"{student_path}: fp32 checkpoint is a '{meta['arch']}', but the config's student is "
+            f"'{expected_arch}' (distill.arch)"
+        )
+    arch, arch_kwargs = meta["arch"], meta["arch_kwargs"]
+    ptq_path = out_dir / "ptq.pt"
+    if not ptq_path.exists():  # resume: calibrate once; a re-run reuses the same ranges
+        batches = calibration_batches(dataset, cfg.calibration_images, cfg.calibration_batch, cfg.train.seed)
+        ptq = quantize_model(
+            fp32, batches, range_estimator=cfg.range_estimator, fast_bias_correction=cfg.fast_bias_correction
+        )
+        problems = scheme_problems(ptq)
+        if problems:
+            raise InputError(f"{student_path}: quantized model breaks the INT8 scheme: {problems[0]}")
+        if current_dist().is_main:
+            save_quantized(
+                ptq_path, ptq, arch=arch, arch_kwargs=arch_kwargs, extra={"quantizers": quantizer_counts(ptq)}
+            )
+    qmodel, _ = load_quantized(ptq_path)
+
+    specs = cfg.losses or stage_one_losses
+    embedding_dim = int(arch_kwargs.get("embedding_dim", 128))
+    dims = LossDims(
+        student_dim=embedding_dim,
+        teacher_dim=teacher.dim if teacher else None,
+        num_classes=dataset.num_classes,
+        teacher_head=teacher_head,
+    )
+    torch.manual_seed(cfg.train.seed)  # fresh loss parameters (heads, projectors) are seeded, as in stage one
+    terms = build_losses(specs, dims, where="qat.losses" if cfg.losses else "distill.losses")
+    restored = restore_loss_state(terms, (meta.get("extra") or {}).get("loss_state") or {})
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return summary_metrics(evaluate_sets(torch_embed_fn(model), val_sets, flip=flip_eval))
+
+    job = TrainJob(
+        name="qat",
+        model=qmodel,
+        losses=terms,
+        weights={key: spec.weight for key, spec in zip(terms.keys(), specs, strict=True)},
+        dataset=dataset,
+        cfg=cfg.train,
+        out_dir=out_dir,
+        teacher=teacher,
+        evaluate=evaluate if val_sets else None,
+        progress=progress,
+        workers=workers,
+        stop_after_step=stop_after_step,
+        no_decay=SCALE_PARAMS,
+    )
+    summary = train(job)
+    qmodel = qmodel.cpu().eval()
+    qat_path = out_dir / "qat.pt"
+    extra = {
+        "train": asdict(cfg.train),
+        "losses": [asdict(s) for s in specs],
+        "restored_loss_state": restored,
+        "steps": summary.steps,
+        "images_per_second": summary.images_per_second,
+        "quantizers": quantizer_counts(qmodel),
+    }
+    if current_dist().is_main:
+        save_quantized(qat_path, qmodel, arch=arch, arch_kwargs=arch_kwargs, extra=extra)
+    metrics: dict[str, Any] = {"steps": summary.steps, "images_per_second": summary.images_per_second}
+    if val_sets and current_dist().is_main:
+        ptq, _ = load_quantized(ptq_path)
+        for name, model in (("fp32", fp32), ("ptq", ptq), ("qat", qmodel)):
+            metrics[name] = evaluate(model.eval())
+    return QatOutcome(ptq_path=ptq_path, qat_path=qat_path, metrics=metrics)
+
+
+def restore_loss_state(terms: torch.nn.ModuleDict, state: dict[str, torch.Tensor]) -> list[str]:
+    """Start the loss terms (margin head, projectors, memory bank) where stage one left them.
+
+    Only tensors whose name and shape match are taken, so a QAT loss list that differs from stage
+    one's still works; returns the names restored.
+    """
+    own = terms.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if usable:
+        terms.load_state_dict(usable, strict=False)
+    return sorted(usable)

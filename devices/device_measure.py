@@ -1,0 +1,220 @@
+"""Results rows measured on a device through a runner, and estimated rows where no device is connected.
+
+A device row has the same fields as a host row of devices/measure.py (accuracy fields, ``latency_ms``
+with p50/p90/p99/mean, ``latency_settings``, ``measured_on``), plus where each number comes from:
+
+* ``measured_on``: the runner label (``jetson-orin-nano (ssh)``), where the latency was measured;
+* ``accuracy_measured_on``: the same label when the device returned the embeddings, or ``host-cpu``
+  when it cannot (a stock phone) - then ``accuracy_note`` says so;
+* ``raw_logs``: the tool outputs kept in the run folder.
+
+Accuracy reuses ``devices.measure.accuracy_fields`` unchanged: a first pass collects the exact batches
+it will feed (same preprocessing, flips and batch size) and sends them to the device in chunks; the
+second pass replays the device's embeddings batch by batch, each matched by a hash of its input, so
+the metrics are computed by the same code as every host row.
+
+An estimated row (:func:`estimate_row`) carries ``latency_ms: None`` and ``latency_estimate_ms`` with
+its details labelled ``estimated``: an estimate never sits where a measurement would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices.catalogue import Device
+from devices.measure import HOST_LABEL, accuracy_fields
+from devices.runners.base import AccuracyUnavailable, Runner
+
+ACCURACY_BATCH = 32  # the batch accuracy_fields embeds with; the replay checks every batch anyway
+
+
+@dataclass
+class DeviceMeasureSettings:
+    warmup: int = 10
+    runs: int = 100
+    threads: int | None = None
+    flip: bool = True
+    batch_size: int = 1
+    chunk_images: int = 512  # images per transfer to the device (float32 NCHW: 150 KB each at 112x112)
+
+
+def settings_from(obj: Any) -> DeviceMeasureSettings:
+    """DeviceMeasureSettings from itself, a dict, or any object with those attributes (cfg.measure)."""
+    if isinstance(obj, DeviceMeasureSettings):
+        return obj
+    get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
+    defaults = DeviceMeasureSettings()
+    return DeviceMeasureSettings(
+        **{k: get(k, getattr(defaults, k)) for k in DeviceMeasureSettings.__dataclass_fields__}
+    )
+
+
+def _digest(x: np.ndarray) -> str:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    h = hashlib.blake2b(x.tobytes(), digest_size=16)
+    h.update(str(x.shape).encode())
+    return h.hexdigest()
+
+
+class _DeviceBatches:
+    """Pass 1: the embed function given to ``embed_pairs``; ships its batches to the device in chunks."""
+
+    def __init__(self, runner: Runner, chunk_images: int):
+        self.runner = runner
+        self.chunk_images = max(1, int(chunk_images))
+        self.pending: list[tuple[str, np.ndarray]] = []
+        self.pending_images = 0
+        self.embeddings: dict[str, np.ndarray] = {}
+        self.runtime = ""
+
+    def __call__(self, x: Any) -> np.ndarray:
+        arr = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+        key = _digest(arr)
+        if key not in self.embeddings and all(k != key for k, _ in self.pending):
+            self.pending.append((key, arr))
+            self.pending_images += arr.shape[0]
+            if self.pending_images >= self.chunk_images:
+                self.flush()
+        return np.zeros((arr.shape[0], 1))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = np.concatenate([a for _, a in self.pending])
+        result = self.runner.run_accuracy(batch)
+        self.runtime = result.runtime
+        start = 0
+        for key, arr in self.pending:
+            self.embeddings[key] = result.embeddings[start : start + arr.shape[0]]
+            start += arr.shape[0]
+        self.pending, self.pending_images = [], 0
+
+
+class _Replay:
+    """Pass 2: an Embedder for ``accuracy_fields`` that returns the device's embeddings of each batch."""
+
+    def __init__(self, embeddings: dict[str, np.ndarray]):
+        self.embeddings = embeddings
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        key = _digest(x)
+        if key not in self.embeddings:
+            raise RuntimeError(
+                "device accuracy: accuracy_fields asked for a batch the device did not embed "
+                f"(batch of {x.shape[0]}); did its batch size change from {ACCURACY_BATCH}?"
+            )
+        return self.embeddings[key]
+
+
+def device_accuracy(runner: Runner, sets: list, flip: bool, chunk_images: int = 512) -> dict[str, Any]:
+    """accuracy_fields computed from embeddings the device returned (see the module docstring)."""
+    from distill.metrics.verification import embed_pairs
+
+    batches = _DeviceBatches(runner, chunk_images)
+    for vs in sets:
+        embed_pairs(batches, vs.images, batch_size=ACCURACY_BATCH, flip=flip)
+    batches.flush()
+    fields = accuracy_fields(_Replay(batches.embeddings), sets, flip)
+    fields["accuracy_runtime"] = batches.runtime
+    return fields
+
+
+def measure_on_device(
+    runner: Runner, artifact: dict[str, Any], path: Path, sets: list, settings: Any
+) -> dict[str, Any]:
+    """One results row for ``artifact`` (an artifacts.json entry) measured through ``runner``.
+
+    The device's work folder is removed before returning, also on errors.
+    """
+    s = settings_from(settings)
+    path = Path(path)
+    row: dict[str, Any] = {
+        "name": artifact.get("name", path.stem),
+        "format": artifact.get("format"),
+        "precision": artifact.get("precision"),
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "sha256": artifact.get("sha256"),
+        "parity": artifact.get("parity"),
+        "stage": artifact.get("source", "distill"),  # as devices.measure rows
+        "target": getattr(runner, "device_name", runner.label),
+    }
+    notes: list[str] = []
+    try:
+        runner.prepare(path, precision=artifact.get("precision"))
+        latency = runner.run_latency(warmup=s.warmup, runs=s.runs, threads=s.threads, batch_size=s.batch_size)
+        try:
+            acc = device_accuracy(runner, sets, s.flip, s.chunk_images)
+            acc_on = runner.label
+        except AccuracyUnavailable as exc:
+            from deploy.runtimes import load_embedder
+
+            acc = accuracy_fields(load_embedder(path, num_threads=s.threads), sets, s.flip)
+            acc_on = HOST_LABEL
+            notes.append(f"accuracy from {HOST_LABEL}, same file: {exc}")
+        info = runner.collect()
+    finally:
+        runner.close()
+    notes += info.get("notes", [])
+    raw = [p for p in [latency.raw_log, *info.get("logs", [])] if p]
+    row.update(acc)
+    row.update(
+        latency_ms=latency.latency_ms(),
+        latency_settings={
+            "runs": latency.runs,
+            "warmup": latency.warmup,
+            "threads": latency.threads,
+            "batch_size": latency.batch_size,
+            "tool": latency.tool,
+        },
+        measured_on=latency.measured_on,
+        accuracy_measured_on=acc_on,
+        peak_memory_mb=latency.peak_memory_mb,
+        latency_details=latency.extra,
+        raw_logs=list(dict.fromkeys(raw)),
+        device=info,
+    )
+    if acc_on != latency.measured_on:
+        row["accuracy_note"] = notes[0] if notes else f"accuracy measured on {acc_on}"
+    if notes:
+        row["notes"] = notes
+    return row
+
+
+def estimate_row(
+    host_row: dict[str, Any],
+    device: Device,
+    onnx_path: Path,
+    *,
+    threads: int | None = None,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """The row for ``device`` when none is connected: host accuracy, no latency, a labelled estimate.
+
+    ``onnx_path`` is the graph to count (for a .tflite row, the ONNX of the same model); the precision
+    is the row's (``fp32``/``fp16``/``int8``) unless given.
+    """
+    from devices.estimate import estimate_latency
+
+    row = {k: v for k, v in host_row.items() if k not in ("latency_ms", "latency_settings")}
+    row_precision = precision or host_row.get("precision")
+    if row_precision not in device.estimate.peak or row_precision not in device.precisions:
+        row_precision = None  # let the estimator read it from the file (and refuse if unsupported)
+    est = estimate_latency(onnx_path, device, precision=row_precision, threads=threads)
+    row.update(
+        target=device.name,
+        measured_on=HOST_LABEL,
+        accuracy_measured_on=HOST_LABEL,
+        latency_ms=None,
+        latency_estimate_ms=round(est.ms, 4),
+        latency_estimate=est.summary(),
+        latency_note=f"not measured: no {device.name} connected; latency_estimate_ms is a roofline "
+        "estimate from the graph and the catalogue figures (estimated); accuracy is the same artifact "
+        f"on {HOST_LABEL}",
+    )
+    return row

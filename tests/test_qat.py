@@ -1,0 +1,223 @@
+"""Stage two: NNCF INT8 scheme, quantized checkpoints, Q/DQ ONNX export, and QAT through the engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from compress.checkpoint import float_model, is_quantized_checkpoint, load_quantized, save_quantized
+from compress.qat import SCALE_PARAMS, quantization_aware_distill, restore_loss_state
+from compress.quantize import (
+    calibration_batches,
+    quantize_model,
+    quantizer_counts,
+    quantizers,
+    scheme_problems,
+)
+from deploy.onnx_qdq import QdqLintError, export_qdq_onnx
+from deploy.parity import row_cosines
+from deploy.qdq_lint import LintIssue, lint_qdq
+from deploy.runtimes import load_embedder
+from distill.config import LossSpec, QatConfig, TrainConfig
+from distill.engine.train import TeacherTargets, _param_groups
+from distill.errors import InputError
+from distill.losses import LossDims, build_losses
+from distill.models.checkpoint import save_model
+from distill.models.mobilefacenet import MobileFaceNet
+
+DIM = 16
+
+
+class Faces:
+    """24 images of 4 identities with identity-specific colour and texture."""
+
+    def __init__(self, n: int = 24, classes: int = 4, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.labels = np.arange(n) % classes
+        base = rng.integers(30, 220, size=(classes, 1, 1, 3))
+        noise = rng.integers(-25, 25, size=(n, 112, 112, 3))
+        self.images = np.clip(base[self.labels] + noise, 0, 255).astype(np.uint8)
+        self.num_classes = classes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+def _student(data: Faces) -> MobileFaceNet:
+    """A MobileFaceNet whose BatchNorm statistics come from the data (a random-stat net is chaotic)."""
+    torch.manual_seed(0)
+    model = MobileFaceNet(embedding_dim=DIM)
+    model.train()
+    with torch.no_grad():
+        for b in calibration_batches(data, len(data), 8, seed=1):
+            model(b)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def data() -> Faces:
+    return Faces()
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("student") / "student.pt"
+    save_model(path, _student(data), arch="mobilefacenet", arch_kwargs={"embedding_dim": DIM})
+    return path
+
+
+@pytest.fixture(scope="module")
+def quantized(data, student_file):
+    from distill.models.checkpoint import load_model
+
+    fp32, _ = load_model(student_file)
+    return quantize_model(fp32, calibration_batches(data, 16, 8, seed=0))
+
+
+def test_calibration_batches_are_seeded_normalised_and_checked(data):
+    a = calibration_batches(data, 10, 4, seed=5)
+    b = calibration_batches(data, 10, 4, seed=5)
+    assert [x.shape[0] for x in a] == [4, 4, 2]
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert float(torch.cat(a).min()) >= -1.0 and float(torch.cat(a).max()) <= 1.0
+    with pytest.raises(InputError, match="calibration_images: 100 asked, but the training set has only 24"):
+        calibration_batches(data, 100, 4, seed=0)
+
+
+def test_quantizers_follow_the_int8_scheme_both_targets_run(quantized):
+    assert scheme_problems(quantized) == []
+    model = MobileFaceNet(embedding_dim=DIM)
+    layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    counts = quantizer_counts(quantized)
+    assert counts["weights"] == layers  # every conv and the linear layer: per-channel weights
+    for name, q in quantizers(quantized).items():
+        qmin, qmax, scale, zp = q.get_parameters_for_torch_fq()
+        assert torch.all(torch.as_tensor(zp) == 0), name
+        assert qmin < 0 < qmax, name  # signed (TensorRT has no uint8)
+        if name.startswith("post_hooks"):
+            assert torch.as_tensor(scale).numel() == 1, name  # per-tensor activations
+
+
+def test_quantized_checkpoint_round_trip(tmp_path, quantized, student_file):
+    path = save_quantized(
+        tmp_path / "q.pt", quantized, arch="mobilefacenet", arch_kwargs={"embedding_dim": DIM}
+    )
+    assert is_quantized_checkpoint(path) and not is_quantized_checkpoint(student_file)
+    again, meta = load_quantized(path)
+    x = torch.randn(3, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(again(x), quantized.eval()(x))
+    plain = float_model(path)
+    assert not any("nncf" in k for k in plain.state_dict())
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, quantized.state_dict()[k]), k
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="bad.pt"):
+        load_quantized(tmp_path / "bad.pt")
+
+
+def test_qdq_onnx_passes_the_tensorrt_linter_and_matches_fake_quant(tmp_path, quantized, data):
+    path = export_qdq_onnx(quantized, tmp_path / "int8.onnx", batch_size=1)
+    model = onnx.load(path)
+    onnx.checker.check_model(model, full_check=True)
+    assert lint_qdq(model) == []
+    assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
+    q_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_nodes) == sum(quantizer_counts(quantized).values())
+    x = calibration_batches(data, 8, 8, seed=9)[0].numpy()
+    ref = load_embedder(quantized).embed(x)
+    got = load_embedder(path).embed(x)
+    assert row_cosines(ref, got).min() >= 0.99
+
+
+def test_a_linter_failure_names_the_nodes_and_writes_nothing(tmp_path, quantized, monkeypatch):
+    import deploy.onnx_qdq as onnx_qdq
+
+    issue = LintIssue("/conv1/QuantizeLinear", "dtype", "quantized type is uint8; TensorRT Q/DQ needs int8")
+    monkeypatch.setattr(onnx_qdq, "lint_qdq", lambda _path: [issue])
+    with pytest.raises(QdqLintError, match="/conv1/QuantizeLinear"):
+        export_qdq_onnx(quantized, tmp_path / "bad.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scale_parameters_get_no_weight_decay(quantized):
+    groups = _param_groups(quantized, SCALE_PARAMS)
+    names = {id(p): n for n, p in quantized.named_parameters()}
+    assert len(groups) == 2 and groups[1]["weight_decay"] == 0.0
+    free = {names[id(p)] for p in groups[1]["params"]}
+    assert free and all("_scale_param_storage" in n for n in free)
+    assert not any("_scale_param_storage" in names[id(p)] for p in groups[0]["params"])
+
+
+def test_loss_state_restores_matching_tensors_only():
+    dims = LossDims(student_dim=DIM, teacher_dim=8, num_classes=4)
+    torch.manual_seed(1)
+    trained = build_losses([LossSpec("cosface"), LossSpec("feature_l2")], dims)
+    torch.manual_seed(2)
+    fresh = build_losses([LossSpec("cosface"), LossSpec("feature_l2")], dims)
+    state = dict(trained.state_dict())
+    state["cosface.unrelated"] = torch.zeros(3)
+    restored = restore_loss_state(fresh, state)
+    assert "cosface.unrelated" not in restored
+    assert restored == sorted(trained.state_dict())
+    for k, v in trained.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v)
+
+
+def _qat(tmp_path, data, student_file, out: str, stop: int = 0, arch: str = "mobilefacenet"):
+    rng = np.random.default_rng(3)
+    teacher = TeacherTargets(
+        rng.normal(size=(len(data), 8)).astype(np.float32), rng.normal(size=(len(data), 8)).astype(np.float32)
+    )
+    cfg = QatConfig(
+        calibration_images=16,
+        calibration_batch=8,
+        train=TrainConfig(
+            epochs=100, max_steps=4, batch_size=4, lr=0.01, freeze_bn=True, checkpoint_every=2, seed=0
+        ),
+    )
+    return quantization_aware_distill(
+        student_path=student_file,
+        expected_arch=arch,
+        cfg=cfg,
+        stage_one_losses=[LossSpec("cosface"), LossSpec("feature_l2", 2.0)],
+        dataset=data,
+        val_sets=[],
+        out_dir=tmp_path / out,
+        teacher=teacher,
+        progress=False,
+        stop_after_step=stop,
+    )
+
+
+def test_qat_trains_scales_keeps_bn_frozen_and_resumes_exactly(tmp_path, data, student_file):
+    full = _qat(tmp_path, data, student_file, "full")
+    ptq, _ = load_quantized(full.ptq_path)
+    qat, _ = load_quantized(full.qat_path)
+    ptq_sd, qat_sd = ptq.state_dict(), qat.state_dict()
+    scale_keys = [k for k in qat_sd if k.endswith(".scale") and "nncf" in k]
+    assert any(not torch.equal(ptq_sd[k], qat_sd[k]) for k in scale_keys)  # the scales were trained
+    assert any(
+        not torch.equal(ptq_sd[k], qat_sd[k]) for k in qat_sd if "nncf" not in k and qat_sd[k].dim() == 4
+    )
+    for k in qat_sd:
+        if k.endswith(("running_mean", "running_var")):
+            assert torch.equal(ptq_sd[k], qat_sd[k]), k  # freeze_bn: statistics untouched
+    # interrupted after step 2 (a checkpoint), then resumed: same final weights as the straight run
+    _qat(tmp_path, data, student_file, "resumed", stop=2)
+    resumed = _qat(tmp_path, data, student_file, "resumed")
+    again, _ = load_quantized(resumed.qat_path)
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, qat_sd[k]), k
+
+
+def test_qat_refuses_a_checkpoint_of_another_architecture(tmp_path, data, student_file):
+    with pytest.raises(InputError, match="is a 'mobilefacenet', but the config's student is 'iresnet18'"):
+        _qat(tmp_path, data, student_file, "wrong", arch="iresnet18")
+    assert not (tmp_path / "wrong" / "ptq.pt").exists()
