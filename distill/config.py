@@ -134,10 +134,6 @@ class QatConfig:
             epochs=0.3, lr=0.005, weight_decay=5e-5, warmup_steps=0, freeze_bn=True, checkpoint_every=50
         )
     )
-    # INT8 .tflite: "carry" imposes NNCF's learned scales on the LiteRT graph, "calibrate" re-calibrates
-    # the QAT weights with LiteRT's own observers
-    tflite_scales: str = "carry"
-    tflite_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
 
 
 @dataclass
@@ -147,6 +143,10 @@ class ExportConfig:
     batch_size: int = 1  # 0 = dynamic batch (ONNX only; phones want a static batch)
     opset: int = 17
     parity_images: int = 32
+    # INT8 .tflite (from stage two): "carry" imposes NNCF's learned scales on the LiteRT graph,
+    # "calibrate" re-calibrates the QAT weights with LiteRT's own observers
+    tflite_int8_scales: str = "carry"
+    tflite_int8_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
 
 
 @dataclass
@@ -375,10 +375,13 @@ def validate(cfg: Config) -> None:
         )
     if q.calibration_images < 1 or q.calibration_batch < 1:
         raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")
-    if q.tflite_scales not in ("carry", "calibrate"):
-        raise InputError(f"qat.tflite_scales: must be 'carry' or 'calibrate'; got '{q.tflite_scales}'")
-    if q.tflite_io not in ("int8", "float32"):
-        raise InputError(f"qat.tflite_io: must be 'int8' or 'float32'; got '{q.tflite_io}'")
+    e = cfg.export
+    if e.tflite_int8_scales not in ("carry", "calibrate"):
+        raise InputError(
+            f"export.tflite_int8_scales: must be 'carry' or 'calibrate'; got '{e.tflite_int8_scales}'"
+        )
+    if e.tflite_int8_io not in ("int8", "float32"):
+        raise InputError(f"export.tflite_int8_io: must be 'int8' or 'float32'; got '{e.tflite_int8_io}'")
     if cfg.export.batch_size < 0:
         raise InputError(f"export.batch_size: must be >= 0 (0 = dynamic), got {cfg.export.batch_size}")
     if cfg.measure.runs < 1:

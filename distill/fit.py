@@ -85,7 +85,11 @@ def fit_model(
     head = _margin_head_weight(terms)
     if head is not None:
         extra["head_weight"] = head
-        extra["head_kind"] = next(k for k in terms.keys() if k.split("#")[0] in ("arcface", "cosface"))
+        # the margin-head term that owns it (a student_head term: the head kind it was built with)
+        extra["head_kind"] = next(
+            (k.split("#")[0] for k in terms.keys() if k.split("#")[0] in ("arcface", "cosface")),
+            next((getattr(t, "kind", "") for t in terms.values() if getattr(t, "kind", "")), "arcface"),
+        )
     path = out_dir / f"{name}.pt"
     if current_dist().is_main:  # under torchrun every rank holds the same weights; one writes them
         save_model(path, model.cpu(), arch=arch, arch_kwargs=arch_kwargs, extra=extra)

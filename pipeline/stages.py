@@ -313,14 +313,13 @@ def qat_enabled(ctx: Context) -> bool:
 
 # -------------------------------------------------------------------------------------------- export
 def stage_export(ctx: Context) -> dict[str, Any]:
-    e, q = ctx.cfg.export, ctx.cfg.qat
+    e = ctx.cfg.export
     from devices.targets import formats_for
 
     key = {
         "export_cfg": config_hash(e),
         "target": ctx.target,
         "formats": formats_for(ctx.target),
-        "int8": {"tflite_scales": q.tflite_scales, "tflite_io": q.tflite_io},
         **_upstream(ctx, "distill", "qat"),
     }
 
@@ -404,8 +403,8 @@ def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, va
         calibration=[b.numpy() for b in calib],
         batch_size=e.batch_size or None,
         opset=e.opset,
-        tflite_scales=q.tflite_scales,
-        tflite_io=q.tflite_io,
+        tflite_scales=e.tflite_int8_scales,
+        tflite_io=e.tflite_int8_io,
         allow_parity_failure=ctx.allow_parity_failure,
     )
 

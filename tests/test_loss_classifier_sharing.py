@@ -132,3 +132,72 @@ def test_frozen_head_from_is_a_fixed_readout_for_a_training_backbone():
     assert not torch.equal(backbone.weight.detach(), before)
     with pytest.raises(ValueError):
         frozen_head_from(torch.zeros(4))
+
+
+# ------------------------------------------------------------------------- SH-KD: student_head term
+def _student_checkpoint(path, weight, head="cosface", params=None):
+    from distill.models.checkpoint import save_model
+    from distill.models.mobilefacenet import MobileFaceNet
+
+    extra = {
+        "head_weight": torch.as_tensor(weight, dtype=torch.float32),
+        "losses": [{"name": head, "weight": 1.0, "params": params or {"scale": 16.0, "margin": 0.2}}],
+    }
+    save_model(
+        path, MobileFaceNet(embedding_dim=weight.shape[1]), "mobilefacenet", {"embedding_dim": 4}, extra
+    )
+    return path
+
+
+def test_student_head_is_cosface_ce_through_the_students_frozen_centres(tmp_path):
+    from distill.losses import LOSSES
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 4))
+    ckpt = _student_checkpoint(tmp_path / "student.pt", w)
+    term = LOSSES["student_head"](
+        LossDims(student_dim=4, teacher_dim=None, num_classes=3), checkpoint=str(ckpt)
+    )
+    f = rng.normal(size=(5, 4))
+    y = np.array([0, 2, 1, 1, 0])
+    # hand reference: CosFace with the student's own s=16, m=0.2, centres and features L2-normalised
+    total = 0.0
+    for i in range(5):
+        e = f[i] / np.linalg.norm(f[i])
+        cos = np.array([e @ (w[j] / np.linalg.norm(w[j])) for j in range(3)])
+        logits = 16.0 * (cos - 0.2 * (np.arange(3) == y[i]))
+        total += np.log(np.exp(logits).sum()) - logits[y[i]]
+    x = torch.tensor(f, dtype=torch.float32, requires_grad=True)
+    loss = term(LossInputs(student=x, labels=torch.tensor(y), teacher=None, step=0))
+    assert loss.item() == pytest.approx(total / 5, rel=1e-5)
+    loss.backward()
+    assert x.grad is not None and term.head.weight.grad is None  # the centres stay frozen
+    assert not any(p.requires_grad for p in term.parameters())
+    assert torch.allclose(term.head.weight, torch.tensor(w, dtype=torch.float32))
+
+
+def test_student_head_gradient_matches_finite_differences(tmp_path):
+    from distill.losses import LOSSES
+
+    w = np.random.default_rng(1).normal(size=(3, 4))
+    ckpt = _student_checkpoint(tmp_path / "s.pt", w, head="arcface", params={"scale": 8.0, "margin": 0.3})
+    term = LOSSES["student_head"](LossDims(4, None, 3), checkpoint=str(ckpt)).double()
+    assert term.kind == "arcface"
+    x = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 1])
+    assert torch.autograd.gradcheck(
+        lambda t: term(LossInputs(student=t, labels=labels, teacher=None, step=0)), (x,)
+    )
+
+
+def test_student_head_refuses_a_width_or_class_mismatch_and_a_missing_path(tmp_path):
+    from distill.config import LossSpec
+    from distill.errors import InputError
+    from distill.losses import build_losses
+
+    ckpt = _student_checkpoint(tmp_path / "s.pt", np.ones((3, 4)))
+    spec = [LossSpec("student_head", 1.0, {"checkpoint": str(ckpt)})]
+    with pytest.raises(InputError, match="set the teacher's embedding_dim to the student's width"):
+        build_losses(spec, LossDims(student_dim=512, teacher_dim=None, num_classes=3), where="teacher.losses")
+    with pytest.raises(InputError, match="checkpoint: path of the trained student"):
+        build_losses([LossSpec("student_head")], LossDims(4, None, 3), where="teacher.losses")

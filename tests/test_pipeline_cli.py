@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.cli import main
 from pipeline.runfolder import sha256_file
@@ -47,7 +48,10 @@ def test_all_writes_results_for_every_artifact(host_run):
     report = (host_run / "report.md").read_text()
     assert "| student-tflite-fp32 | tflite | fp32 | host | host-cpu |" in report
     manifest = json.loads((host_run / "manifest.json").read_text())
-    assert list(manifest["stages"]) == ["data", "teacher", "cache", "distill", "export", "measure", "report"]
+    stages = ["data", "teacher", "cache", "distill", "qat", "export", "measure", "report"]
+    assert list(manifest["stages"]) == stages
+    assert manifest["stages"]["qat"]["metrics"] == {"enabled": False}  # the tiny preset skips stage two
+    assert (host_run / "report.html").is_file()
     assert manifest["stages"]["distill"]["metrics"]["images_per_second"] > 0
     assert not list(host_run.glob(".*.work"))  # nothing half-finished left behind
 
@@ -248,3 +252,27 @@ def test_android_target_ships_fp32_and_fp16_tflite_with_model_cards(tmp_path):
     assert {r["precision"] for r in android} == {"fp32", "fp16"} and all(
         r["latency_ms"] is None for r in android
     )
+
+
+def test_sh_kd_recipe_trains_the_teacher_through_the_students_frozen_head(tmp_path):
+    """configs/sh-kd.yaml on the tiny preset: step 1 a student, step 2 a student-aware teacher."""
+    import yaml
+
+    from distill.models.checkpoint import load_model
+
+    step1 = tmp_path / "step1"
+    assert main(["distill", "--preset", "tiny", "--out", str(step1), "--no-progress"]) == 0
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "configs" / "sh-kd.yaml").read_text())
+    recipe["teacher"]["losses"][0]["params"]["checkpoint"] = str(step1 / "distill" / "student.pt")
+    cfg = tmp_path / "shkd.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    step2 = tmp_path / "step2"
+    assert (
+        main(["distill", "--preset", "tiny", "--config", str(cfg), "--out", str(step2), "--no-progress"]) == 0
+    )
+    _, student = load_model(step1 / "distill" / "student.pt")
+    teacher_model, teacher = load_model(step2 / "teacher" / "teacher.pt")
+    assert teacher["arch_kwargs"]["embedding_dim"] == 128
+    # the teacher's classifier IS the step-1 student's head, unchanged by the teacher's training
+    assert torch.equal(teacher["extra"]["head_weight"], student["extra"]["head_weight"])
+    assert (step2 / "distill" / "student.pt").is_file()

@@ -7,7 +7,7 @@ from torch import nn
 from distill.config import LossSpec
 from distill.errors import InputError
 from distill.losses.base import LossDims, LossInputs, LossTerm
-from distill.losses.classifier_sharing import TeacherHeadLoss
+from distill.losses.classifier_sharing import StudentHeadLoss, TeacherHeadLoss
 from distill.losses.coupleface import CoupleFaceLoss
 from distill.losses.ekd import EKDLoss
 from distill.losses.feature_l2 import FeatureL2Loss
@@ -26,6 +26,7 @@ LOSSES: dict[str, type[LossTerm]] = {
     "ekd": EKDLoss,
     "coupleface": CoupleFaceLoss,
     "teacher_head": TeacherHeadLoss,
+    "student_head": StudentHeadLoss,
     "margin_distillation": MarginDistillationLoss,
 }
 

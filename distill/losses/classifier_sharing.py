@@ -10,13 +10,15 @@ code is CIFAR-only and also adds ``KL(softmax(z_t/T) || softmax(h_t(f_s)/T))Â·TÂ
 logits; that term is available here with ``kl_weight > 0`` (default 0: the face code was never released,
 so its face weights are unknown). Use it next to the student's own ``arcface`` term.
 
-SH-KD (student-head KD, a "student-aware" teacher) is a two-step recipe built from ``frozen_head_from``:
+SH-KD (student-head KD, a "student-aware" teacher), ``StudentHeadLoss`` (``student_head``), is a
+two-run recipe (README, "SH-KD"):
 
-1. Train a student normally with ArcFace; keep its trained head ``W_s`` (C x D_s).
-2. Re-train (or fine-tune) the teacher with ``frozen_head_from(W_s, scale, margin)`` as its head,
-   cross-entropy only: the teacher backbone learns an embedding the student's head can read (its width
-   must equal D_s).
-3. Distil a fresh student from that teacher with any representation-KD term (``feature_l2``, ``ekd``...).
+1. Train a student normally (any run: its checkpoint keeps the trained margin head ``W_s``, C x D_s).
+2. Train the teacher with ``student_head`` as its only loss, pointing at that checkpoint: the frozen
+   ``W_s`` is the teacher's classifier, cross-entropy only, so the teacher backbone learns an embedding
+   the student's head can read (the teacher's width must equal D_s).
+3. Distil a fresh student from that teacher with any representation-KD term (``feature_l2``, ``ekd``...)
+   -- in the same run as step 2.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses.base import LossDims, LossInputs, LossTerm, Projector
-from distill.models.heads import ArcFaceHead
+from distill.models.heads import ArcFaceHead, CosFaceHead
 
 
 def frozen_head_from(weight: torch.Tensor, scale: float = 64.0, margin: float = 0.5) -> ArcFaceHead:
@@ -99,3 +101,59 @@ class TeacherHeadLoss(LossTerm):
             )
             loss = loss + self.kl_weight * kl * temp * temp
         return loss
+
+
+class StudentHeadLoss(LossTerm):
+    """SH-KD step 2: margin cross-entropy of the model being trained through a student's frozen head.
+
+    ``checkpoint`` is a facekd student checkpoint whose ``extra.head_weight`` holds its trained margin
+    head; ``kind``/``scale``/``margin`` default to the head the student was trained with (CosFace or
+    ArcFace, recorded in the checkpoint), so the teacher is judged by the student's own decision rule.
+    """
+
+    needs_teacher = False
+
+    def __init__(
+        self,
+        dims: LossDims,
+        checkpoint: str = "",
+        kind: str = "",
+        scale: float = 0.0,
+        margin: float = -1.0,
+    ) -> None:
+        super().__init__()
+        from distill.models.checkpoint import load_model
+
+        if not checkpoint:
+            raise ValueError(
+                "student_head.checkpoint: path of the trained student (step 1 of SH-KD) required"
+            )
+        _, meta = load_model(checkpoint)
+        extra = meta.get("extra") or {}
+        weight = extra.get("head_weight")
+        if weight is None:
+            raise ValueError(f"student_head.checkpoint: {checkpoint} holds no trained margin head")
+        expected = (dims.num_classes, dims.student_dim)
+        if tuple(weight.shape) != expected:
+            raise ValueError(
+                f"student_head: the student's head is {tuple(weight.shape)} (classes x width), but this "
+                f"model has {dims.student_dim}-d embeddings and the data {dims.num_classes} classes: set the "
+                "teacher's embedding_dim to the student's width and use the same training set"
+            )
+        trained = next((s for s in extra.get("losses", []) if s.get("name") in ("arcface", "cosface")), {})
+        kind = kind or trained.get("name", "arcface")
+        if kind not in ("arcface", "cosface"):
+            raise ValueError(f"student_head.kind: must be arcface or cosface, got '{kind}'")
+        params = trained.get("params", {}) if trained.get("name") == kind else {}
+        default_scale, default_margin = (64.0, 0.5) if kind == "arcface" else (64.0, 0.35)
+        scale = scale or float(params.get("scale", default_scale))
+        margin = margin if margin >= 0 else float(params.get("margin", default_margin))
+        cls = ArcFaceHead if kind == "arcface" else CosFaceHead
+        self.head = cls(int(weight.shape[1]), int(weight.shape[0]), scale=scale, margin=margin)
+        with torch.no_grad():
+            self.head.weight.copy_(weight.detach().to(self.head.weight.dtype))
+        self.head.weight.requires_grad_(False)
+        self.kind = kind
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        return F.cross_entropy(self.head(inputs.student, inputs.labels), inputs.labels)
