@@ -78,7 +78,7 @@ def quantize_model(
         model,
         nncf.Dataset(batches),
         preset=nncf.QuantizationPreset.PERFORMANCE,
-        subset_size=sum(int(b.shape[0]) for b in batches),
+        subset_size=len(batches),  # NNCF counts dataset items, and an item here is a batch
         fast_bias_correction=fast_bias_correction,
         advanced_parameters=nncf_parameters(range_estimator),
     )

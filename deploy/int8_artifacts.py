@@ -51,8 +51,10 @@ def export_int8_artifacts(
             report = export_tflite_int8(
                 qmodel, float_model, calibration, out_dir / file, scales=tflite_scales, io_dtype=tflite_io
             )
-            details = _plain(asdict(report))
+            details = report.to_json()
             details.pop("path", None)
+            if report.float_ops:  # an INT8 graph with float islands is slow on phones: say so loudly
+                details["warning"] = f"float operators left in the INT8 graph: {report.float_ops}"
             art_batch = 1
         else:
             raise ValueError(f"no INT8 exporter for format '{fmt}'")
@@ -75,8 +77,3 @@ def export_int8_artifacts(
     if failures and not allow_parity_failure:
         raise ParityError("parity check failed: " + "; ".join(failures))
     return artifacts
-
-
-def _plain(d: dict) -> dict:
-    """JSON-ready copy (paths as strings)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}

@@ -191,7 +191,9 @@ def _estimated_row(
 ) -> dict[str, Any]:
     """No device connected: host accuracy, no latency, and a roofline estimate where one can be made."""
     row = device_row_without_device(host, target)
-    graph = path if art["format"] == "onnx" else graphs.get(art.get("source", "distill"))
+    # The fp32 graph of the same model, counted at the row's precision: an INT8 Q/DQ file keeps its
+    # BatchNorms and Q/DQ pairs apart, which TensorRT fuses, so counting its nodes would overstate it.
+    graph = graphs.get(art.get("source", "distill")) or (path if art["format"] == "onnx" else None)
     if device is None or graph is None:
         return row
     from devices.device_measure import estimate_row

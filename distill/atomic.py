@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give artifacts normal permissions
+        # mkstemp makes 0600: give the file normal permissions, keeping exec bits a writer set (scripts)
+        os.chmod(tmp_path, (stat.S_IMODE(tmp_path.stat().st_mode) | 0o666) & ~_umask())
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():

@@ -149,11 +149,28 @@ def run_ci_command(args: argparse.Namespace) -> int | None:
     return None
 
 
+def verify_artifact_hashes(results: dict) -> None:
+    """Refuse results whose files changed after they were measured (a swapped artifact must not pass).
+
+    Rows whose file is not present here (results copied elsewhere) are gated on their numbers alone.
+    """
+    from distill.errors import InputError
+    from pipeline.runfolder import sha256_file
+
+    for row in results.get("rows", []):
+        path, digest = row.get("path"), row.get("sha256")
+        if path and digest and Path(path).is_file() and sha256_file(Path(path)) != digest:
+            raise InputError(
+                f"{path}: sha256 does not match results.json (file changed after it was measured)"
+            )
+
+
 def _gate(args: argparse.Namespace) -> int:
     from pipeline.gate import exit_code, format_table, gate, junit_xml, load_json_file, markdown_summary
 
     results = load_json_file(args.results, "results")
     baseline = load_json_file(args.baseline, "baseline")
+    verify_artifact_hashes(results)
     report = gate(results, baseline)
     print(format_table(report), end="")
     if args.junit:

@@ -325,3 +325,22 @@ def test_gate_command_exit_codes_and_outputs(tmp_path, monkeypatch, capsys):
         _cli(argv)
     assert _cli(["compare", str(run), str(run)]) == 0
     assert run_ci_command(argparse.Namespace(command="distill")) is None
+
+
+def test_gate_refuses_an_artifact_changed_after_measurement(tmp_path):
+    """A file swapped after measure must not be gated on the old numbers (issue: measure and gate refuse)."""
+    import hashlib
+
+    artifact = tmp_path / "student_fp32.onnx"
+    artifact.write_bytes(b"the measured model")
+    row = result_row()
+    row.update(path=str(artifact), sha256=hashlib.sha256(b"the measured model").hexdigest())
+    (tmp_path / "results.json").write_text(json.dumps(results(row)))
+    (tmp_path / "b.json").write_text(json.dumps(baseline(base_row())))
+    argv = ["gate", "--results", str(tmp_path / "results.json"), "--baseline", str(tmp_path / "b.json")]
+    assert _cli(argv) == 0
+    artifact.write_bytes(b"another model")
+    with pytest.raises(InputError, match="student_fp32.onnx: sha256 does not match results.json"):
+        _cli(argv)
+    artifact.unlink()  # results copied to another machine: gated on the numbers alone
+    assert _cli(argv) == 0
