@@ -297,7 +297,10 @@ def embed_metadata(
         entry.name = name
         entry.buffer = len(model.buffers) - 1
         model.metadata = [*(model.metadata or []), entry]
-    data = flatbuffer_utils.convert_object_to_bytearray(model)
+    # identical vectors stay shared (LiteRT's own writer would duplicate what compact() merged)
+    from deploy.tflite_int8 import pack_model
+
+    data = pack_model(model)
     with atomic_path(path) as tmp:
         tmp.write_bytes(bytes(data))
         _check_loads(tmp)

@@ -663,7 +663,7 @@ def float_io(content: bytes) -> bytes:
     for signature in model.signatureDefs or []:
         for entry in list(signature.inputs or []) + list(signature.outputs or []):
             entry.tensorIndex = remap.get(int(entry.tensorIndex), int(entry.tensorIndex))
-    return _pack(model)
+    return pack_model(model)
 
 
 def compact(content: bytes) -> bytes:
@@ -680,7 +680,7 @@ def compact(content: bytes) -> bytes:
             if index not in keep and tensor.name:
                 name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
                 tensor.name = _short_name(name)
-    return _pack(model)
+    return pack_model(model)
 
 
 def _short_name(name: str) -> str:
@@ -698,7 +698,7 @@ def _short_name(name: str) -> str:
     return f"{short}:{fused}" if fused.isdigit() else short
 
 
-def _pack(model) -> bytes:
+def pack_model(model) -> bytes:
     """Serialise a ``ModelT``; byte buffers 16-byte aligned (the schema's force_align), vectors shared."""
     import flatbuffers
 
