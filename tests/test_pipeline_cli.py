@@ -236,13 +236,16 @@ def test_idx_pointing_past_the_end(tmp_path, capsys, synth_data):
     assert "train" in line
 
 
-def test_android_target_ships_fp32_and_fp16_tflite_with_model_cards(tmp_path):
+def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_path):
     out = tmp_path / "android"
-    assert main(["all", "--preset", "tiny", "--target", "android", "--out", str(out), "--no-progress"]) == 0
+    cfg = tmp_path / "qat.yaml"
+    cfg.write_text("qat:\n  enabled: true\n")
+    args = ["all", "--preset", "tiny", "--config", str(cfg), "--target", "android", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
     export = out / "export"
     from deploy.model_card import read_metadata
 
-    for precision in ("fp32", "fp16"):
+    for precision in ("fp32", "fp16", "int8"):
         tflite = export / f"student_{precision}.tflite"
         card = json.loads((export / f"student_{precision}.json").read_text())
         assert card["precision"] == precision and card["sha256"] == sha256_file(tflite)
@@ -253,9 +256,20 @@ def test_android_target_ships_fp32_and_fp16_tflite_with_model_cards(tmp_path):
         (export / "student_fp16.tflite").stat().st_size,
     )
     assert fp16 < 0.65 * fp32
+    # the full-integer file: int8 I/O stated in its card, no float island, a third of the fp32 size
+    int8 = export / "student_int8.tflite"
+    card = json.loads((export / "student_int8.json").read_text())
+    assert card["input"]["dtype"] == "int8" and card["input"]["quantization"]["zero_point"] == 0
+    assert int8.stat().st_size < 0.30 * fp32
+    art = next(
+        a for a in json.loads((export / "artifacts.json").read_text())["artifacts"] if a["file"] == int8.name
+    )
+    assert (
+        art["source"] == "qat" and art["details"]["float_ops"] == [] and art["details"]["scales"] == "carried"
+    )
     rows = json.loads((out / "results.json").read_text())["rows"]
     android = [r for r in rows if r["target"] == "android"]
-    assert {r["precision"] for r in android} == {"fp32", "fp16"} and all(
+    assert {r["precision"] for r in android} == {"fp32", "fp16", "int8"} and all(
         r["latency_ms"] is None for r in android
     )
 
