@@ -62,6 +62,26 @@ class LatencyResult:
     raw_log: str | None = None  # local path of the tool's raw output
     extra: dict[str, Any] = field(default_factory=dict)  # power, clocks, delegate, ...
 
+    @classmethod
+    def from_stats(cls, stats: Any, *, measured_on: str, tool: str, **more: Any) -> LatencyResult:
+        """From a :class:`devices.latency.LatencyStats` (timed by this project, locally or by the harness)."""
+        return cls(
+            p50=stats.p50,
+            p90=stats.p90,
+            p99=stats.p99,
+            mean=stats.mean,
+            std=stats.std,
+            min=stats.min,
+            max=stats.max,
+            measured_on=measured_on,
+            tool=tool,
+            runs=stats.runs,
+            warmup=stats.warmup,
+            threads=stats.threads,
+            batch_size=stats.batch_size,
+            **more,
+        )
+
     def latency_ms(self) -> dict[str, float]:
         keys = ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")
         return {k: round(float(getattr(self, k)), 4) for k in keys if getattr(self, k) is not None}

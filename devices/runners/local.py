@@ -85,21 +85,7 @@ class LocalRunner(Runner):
             tool = f"{self.embedder.format} ({type(self.embedder).__name__})"
         else:
             raise RuntimeError("prepare() first")
-        return LatencyResult(
-            p50=stats.p50,
-            p90=stats.p90,
-            p99=stats.p99,
-            mean=stats.mean,
-            std=stats.std,
-            min=stats.min,
-            max=stats.max,
-            measured_on=self.label,
-            tool=tool,
-            runs=stats.runs,
-            warmup=stats.warmup,
-            threads=stats.threads,
-            batch_size=stats.batch_size,
-        )
+        return LatencyResult.from_stats(stats, measured_on=self.label, tool=tool)
 
     def run_accuracy(self, images: np.ndarray) -> AccuracyResult:
         if self.trt_model is not None:

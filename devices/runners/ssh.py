@@ -661,20 +661,10 @@ class SshRunner(Runner):
         if not samples:
             raise DeviceError(f"{self.target}: the harness returned no latency samples; see {raw}")
         stats = stats_from_samples(samples, warmup=warmup, threads=threads, batch_size=data.get("batch_size"))
-        return LatencyResult(
-            p50=stats.p50,
-            p90=stats.p90,
-            p99=stats.p99,
-            mean=stats.mean,
-            std=stats.std,
-            min=stats.min,
-            max=stats.max,
+        return LatencyResult.from_stats(
+            stats,
             measured_on=self.label,
             tool=f"harness {data.get('runtime', '?')}",
-            runs=stats.runs,
-            warmup=warmup,
-            threads=threads,
-            batch_size=stats.batch_size,
             peak_memory_mb=data.get("peak_rss_mb"),
             raw_log=raw,
             extra=self._state_and_power(sections),
