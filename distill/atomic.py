@@ -26,14 +26,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes 0600: give the file normal permissions, keeping exec bits a writer set (scripts)
-        os.chmod(tmp_path, (stat.S_IMODE(tmp_path.stat().st_mode) | 0o666) & ~_umask())
-        os.replace(tmp_path, target)
+        publish(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def publish(tmp: str | os.PathLike, target: str | os.PathLike) -> None:
+    """fsync a finished temporary file and rename it over ``target`` (the commit step of a write).
+
+    Public for writers whose temporary file several processes fill (the sharded teacher cache).
+    """
+    tmp_path = Path(tmp)
+    with open(tmp_path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    # mkstemp makes 0600: give the file normal permissions, keeping exec bits a writer set (scripts)
+    os.chmod(tmp_path, (stat.S_IMODE(tmp_path.stat().st_mode) | 0o666) & ~_umask())
+    os.replace(tmp_path, target)
 
 
 def _umask() -> int:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.atomic import atomic_path
+from distill.atomic import publish
 from distill.config import TeacherConfig
 from distill.engine.device import channels_last_is_safe, resolve_device
+from distill.engine.distributed import DistInfo, barrier
 from distill.errors import InputError
 
 
@@ -58,39 +59,55 @@ def load_teacher(cfg: TeacherConfig, trained_checkpoint: Path | None = None) -> 
     )
 
 
+def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[range]:
+    """The index ranges one rank embeds: batches dealt round-robin, so shards differ by one batch at most."""
+    step = batch_size * world_size
+    return [range(s, min(n, s + batch_size)) for s in range(rank * batch_size, n, step)]
+
+
 def cache_teacher_embeddings(
-    teacher: Teacher, dataset: Any, out_dir: Path, batch_size: int = 64, progress: bool = True
+    teacher: Teacher,
+    dataset: Any,
+    out_dir: Path,
+    batch_size: int = 64,
+    progress: bool = True,
+    dist_info: DistInfo | None = None,
 ) -> tuple[Path, Path]:
     """Embed every training image and its mirror once; write ``plain.npy``/``flipped.npy`` atomically.
 
     The arrays are read back memory-mapped by the training loop, so a teacher costs one forward pass
-    per image per run instead of one per step.
+    per image per run instead of one per step. Under torchrun every rank embeds its share of the batches
+    (``shard_batches``) straight into the one shared memory-mapped file; rank 0 creates it before and
+    publishes it (fsync + rename) after, so a crash never leaves a cache that looks complete.
     """
     from tqdm import tqdm
 
     from distill.data.transforms import hflip_nchw, to_model_input
 
+    info = dist_info or DistInfo()
     n = len(dataset)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = (out_dir / "plain.npy", out_dir / "flipped.npy")
-    with atomic_path(paths[0]) as tmp_plain, atomic_path(paths[1]) as tmp_flip:
-        plain = np.lib.format.open_memmap(
-            tmp_plain, mode="w+", dtype=np.float32, shape=(n, teacher.embedding_dim)
-        )
-        flipped = np.lib.format.open_memmap(
-            tmp_flip, mode="w+", dtype=np.float32, shape=(n, teacher.embedding_dim)
-        )
-        for start in tqdm(
-            range(0, n, batch_size), desc="teacher embeddings", unit="batch", disable=not progress
-        ):
-            idx = range(start, min(n, start + batch_size))
-            images = np.stack([dataset[i][0] for i in idx])
-            x = to_model_input(images)
-            plain[start : start + len(idx)] = teacher.embed(x).numpy()
-            flipped[start : start + len(idx)] = teacher.embed(hflip_nchw(x)).numpy()
-        plain.flush()
-        flipped.flush()
-        del plain, flipped
+    partial = tuple(p.with_name(p.name + ".partial") for p in paths)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for p in partial:  # header and size written once; every rank fills its rows in place
+            np.lib.format.open_memmap(p, mode="w+", dtype=np.float32, shape=(n, teacher.embedding_dim))
+    barrier(info)
+    plain, flipped = (np.load(p, mmap_mode="r+") for p in partial)
+    shard = shard_batches(n, batch_size, info.rank, info.world_size)
+    for idx in tqdm(shard, desc="teacher embeddings", unit="batch", disable=not (progress and info.is_main)):
+        images = np.stack([dataset[i][0] for i in idx])
+        x = to_model_input(images)
+        plain[idx.start : idx.stop] = teacher.embed(x).numpy()
+        flipped[idx.start : idx.stop] = teacher.embed(hflip_nchw(x)).numpy()
+    plain.flush()
+    flipped.flush()
+    del plain, flipped
+    barrier(info)  # every rank's rows are on disk
+    if info.is_main:
+        for tmp, final in zip(partial, paths, strict=True):
+            publish(tmp, final)
+    barrier(info)
     return paths
 
 

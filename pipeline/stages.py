@@ -202,16 +202,20 @@ def stage_cache(ctx: Context) -> dict[str, Any]:
     }
 
     def fn(work: Path) -> StageOutcome:
+        from distill.engine.distributed import current_dist
         from distill.teacher import cache_teacher_embeddings
 
         train, _ = load_data(ctx)
         teacher = open_teacher(ctx)
-        cache_teacher_embeddings(teacher, train, work, batch_size=64, progress=ctx.progress)
-        return StageOutcome(
-            ["plain.npy", "flipped.npy"], {"images": len(train), "dim": teacher.embedding_dim}
+        dist_info = current_dist()
+        cache_teacher_embeddings(
+            teacher, train, work, batch_size=64, progress=ctx.progress, dist_info=dist_info
         )
+        metrics = {"images": len(train), "dim": teacher.embedding_dim, "ranks": dist_info.world_size}
+        return StageOutcome(["plain.npy", "flipped.npy"], metrics)
 
-    return ctx.run.run("cache", key, fn, force=ctx.force, log=ctx.log)
+    # collective: under torchrun every rank embeds its share of the images (one GPU each)
+    return ctx.run.run("cache", key, fn, force=ctx.force, log=ctx.log, collective=True)
 
 
 # ------------------------------------------------------------------------------------------- distill

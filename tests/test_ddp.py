@@ -125,7 +125,8 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_pipeline_stages_under_torchrun(tmp_path):
-    """``torchrun --nproc_per_node=2 -m pipeline distill``: rank 0 runs data/cache, both ranks train."""
+    """``torchrun --nproc_per_node=2 -m pipeline distill``: rank 0 runs data, both ranks embed their share
+    of the teacher cache and train."""
     import json
     import subprocess
     import sys
@@ -157,3 +158,18 @@ def test_pipeline_stages_under_torchrun(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["data", "teacher", "cache", "distill"]
     assert (out / "distill" / "student.pt").is_file() and not list(out.glob(".*.work"))
+    # the cache two ranks wrote together equals one process embedding every image itself
+    assert manifest["stages"]["cache"]["metrics"]["ranks"] == 2
+    from distill.config import TeacherConfig
+    from distill.data.faces import open_train_set
+    from distill.teacher import cache_teacher_embeddings, load_teacher, open_teacher_cache
+
+    train = open_train_set(out / "data")
+    assert len(train) > 64  # more than one batch, so both ranks had rows to write
+    teacher = load_teacher(TeacherConfig(), out / "teacher" / "teacher.pt")
+    cache_teacher_embeddings(teacher, train, tmp_path / "single-cache", progress=False)
+    for got, want in zip(
+        open_teacher_cache(out / "cache"), open_teacher_cache(tmp_path / "single-cache"), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not list((out / "cache").glob("*.partial"))

@@ -296,12 +296,15 @@ def test_onnx_teacher_rejects_bad_files(tmp_path):
         OnnxTeacher(two)
 
 
-def test_onnx_teacher_prefers_cuda_when_listed():
+def test_onnx_teacher_prefers_cuda_when_listed(monkeypatch):
     from distill.models.onnx_teacher import _default_providers
 
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     assert _default_providers(["CPUExecutionProvider", "CUDAExecutionProvider"]) == [
-        "CUDAExecutionProvider",
+        ("CUDAExecutionProvider", {"device_id": 0}),
         "CPUExecutionProvider",
     ]
+    monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun rank 3 of a node runs its teacher on GPU 3
+    assert _default_providers(["CUDAExecutionProvider"]) == [("CUDAExecutionProvider", {"device_id": 3})]
     assert _default_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     assert np.all(np.asarray(_default_providers(["X"])) == ["X"])

@@ -19,15 +19,22 @@ from distill.errors import InputError
 _ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
-def _default_providers(available: list[str]) -> list[str]:
-    preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+def _default_providers(available: list[str]) -> list[str | tuple[str, dict[str, int]]]:
+    """CUDA first (on this torchrun rank's GPU, LOCAL_RANK), then CPU."""
+    preferred: list[str | tuple[str, dict[str, int]]] = []
+    if "CUDAExecutionProvider" in available:
+        preferred.append(("CUDAExecutionProvider", {"device_id": int(os.environ.get("LOCAL_RANK", "0"))}))
+    if "CPUExecutionProvider" in available:
+        preferred.append("CPUExecutionProvider")
     return preferred or list(available)
 
 
 class OnnxTeacher:
     """Embeddings from an ONNX model with one input (N,3,112,112) and one output (N,D)."""
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: list[str | tuple[str, dict[str, int]]] | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
