@@ -4,9 +4,10 @@ Target (stage-one issue): the distillation step costs <= 1.15x the plain ArcFace
 batch. Both run through the one engine on the same in-memory batch stream; the time is the engine's
 forward + backward + update time (data decoding excluded), after warm-up steps.
 
-A shared 2-core VM drifts by 10-20 % between minutes, as much as the effect measured, so the methods are
-timed in rounds: every round times each method once (starting from a different method each round), the
-ratio to plain is taken within the round, and the median ratio over rounds is reported with its range.
+A shared 2-core VM drifts by 10-20 % between minutes, as much as the effect measured, so a method's step
+time is the median of its single timed steps, and the methods are timed in rounds: every round times each
+method once (starting from a different method each round), the ratio to plain is taken within the round,
+and the median ratio over rounds is reported with its range.
 
     python benchmarks/distill_step_cost.py [--batch 64] [--steps 8] [--rounds 3] [--student-dim 128]
 """
@@ -58,6 +59,8 @@ class Images:
 def step_seconds(
     specs: list[LossSpec], args: argparse.Namespace, data: Images, teacher: TeacherTargets
 ) -> float:
+    """Median compute time of one step after ``args.warmup`` warm-up steps, in one run of the engine
+    (the median of single steps shrugs off the odd step a noisy neighbour slowed down)."""
     import torch
 
     torch.manual_seed(0)
@@ -65,29 +68,28 @@ def step_seconds(
     terms = build_losses(
         specs, LossDims(args.student_dim, args.teacher_dim, data.num_classes, teacher_head=head)
     )
-    times = []
-    for steps in (args.warmup, args.warmup + args.steps):  # difference removes warm-up cost
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(epochs=100, batch_size=args.batch, max_steps=steps, checkpoint_every=10**9)
-            job = TrainJob(
-                name="bench",
-                model=build_backbone("mobilefacenet", embedding_dim=args.student_dim),
-                losses=terms,
-                weights={k: s.weight for k, s in zip(terms.keys(), specs, strict=True)},
-                dataset=data,
-                cfg=cfg,
-                out_dir=Path(tmp),
-                teacher=teacher,
-                progress=False,
-            )
-            times.append(train(job).seconds)
-    return (times[1] - times[0]) / args.steps
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(
+            epochs=100, batch_size=args.batch, max_steps=args.warmup + args.steps, checkpoint_every=10**9
+        )
+        job = TrainJob(
+            name="bench",
+            model=build_backbone("mobilefacenet", embedding_dim=args.student_dim),
+            losses=terms,
+            weights={k: s.weight for k, s in zip(terms.keys(), specs, strict=True)},
+            dataset=data,
+            cfg=cfg,
+            out_dir=Path(tmp),
+            teacher=teacher,
+            progress=False,
+        )
+        return statistics.median(train(job).step_seconds[args.warmup :])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per method per round")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per method per round")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the median ratio over rounds is reported")
     ap.add_argument("--student-dim", type=int, default=128)

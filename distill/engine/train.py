@@ -76,6 +76,7 @@ class TrainSummary:
     final_losses: dict[str, float]
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int = 0
+    step_seconds: list[float] = field(default_factory=list)  # compute time of each step this call ran
 
 
 def total_steps(cfg: TrainConfig, num_samples: int) -> int:
@@ -227,7 +228,8 @@ def train(job: TrainJob) -> TrainSummary:
     loader = torch.utils.data.DataLoader(
         _Batches(job.dataset), batch_sampler=sampler, num_workers=job.workers
     )
-    compute_seconds, last = 0.0, {}
+    step_seconds: list[float] = []
+    last: dict[str, float] = {}
     bar = tqdm(
         total=steps,
         initial=start_step,
@@ -276,7 +278,7 @@ def train(job: TrainJob) -> TrainSummary:
             scaler.update()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            compute_seconds += time.perf_counter() - t0
+            step_seconds.append(time.perf_counter() - t0)
             step += 1
             last = {name: float(v) for name, v in zip(values, logged, strict=True)}
             last["total"] = sum(job.weights[name] * last[name] for name in values)
@@ -300,6 +302,7 @@ def train(job: TrainJob) -> TrainSummary:
         save(step)
     writer.close()
     done = step - start_step
+    compute_seconds = sum(step_seconds)
     if dist_info.is_main:
         write_json(job.out_dir / "history.json", {"history": history, "evaluations": evaluations})
     return TrainSummary(
@@ -309,6 +312,7 @@ def train(job: TrainJob) -> TrainSummary:
         final_losses=last,
         evaluations=evaluations,
         resumed_from_step=start_step,
+        step_seconds=step_seconds,
     )
 
 
