@@ -60,8 +60,14 @@ CPU_BENCH = {
 # The unified paper's claim needs a clearly stronger teacher: deeper, and trained twice as long (a deeper
 # net on the base teacher's 2-epoch budget is not guaranteed to be stronger). Same data, student, schedule.
 STRONG_TEACHER = {"arch": "iresnet50", "arch_params": {"base_width": 32}, "train": {"epochs": 4}}
-# methods whose loss terms never read the teacher: their runs are shared across teacher experiments
-TEACHER_FREE = {"no_kd"}
+
+
+def teacher_free(method: str) -> bool:
+    """True when no loss term of the method reads the teacher: its runs are the same under any teacher,
+    so they are trained once and shared across teacher experiments."""
+    from distill.losses import LOSSES
+
+    return not any(LOSSES[spec["name"]].needs_teacher for spec in METHODS[method][0])
 
 
 def parse() -> argparse.Namespace:
@@ -250,7 +256,7 @@ def main() -> int:
         rows = {}
         for method in methods:
             # a teacher-free method's runs are identical under any teacher: train them once
-            where = "base" if method in TEACHER_FREE else label
+            where = "base" if teacher_free(method) else label
             recs = [
                 run_method(ctx, method, seed, out / where / "students" / f"{method}-seed{seed}", args.flip)
                 for seed in args.seeds

@@ -9,7 +9,7 @@ time is the median of its single timed steps, and the methods are timed in round
 method once (starting from a different method each round), the ratio to plain is taken within the round,
 and the median ratio over rounds is reported with its range.
 
-    python benchmarks/distill_step_cost.py [--batch 64] [--steps 8] [--rounds 3] [--student-dim 128]
+    python benchmarks/distill_step_cost.py [--batch 64] [--steps 10] [--rounds 3] [--student-dim 128]
 """
 
 from __future__ import annotations
