@@ -126,20 +126,26 @@ class OnnxEmbedder:
         self._output_name = self._session.get_outputs()[0].name
         shape = list(inp.shape)
         if len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
-            raise InputError(f"{self.path}: expected an NCHW input with fixed C, H, W, got {shape}")
+            raise InputError(f"{self.path}: expected an NCHW or NHWC input with fixed C, H, W, got {shape}")
         self.batch_size = shape[0] if isinstance(shape[0], int) else None
-        self.input_chw = (shape[1], shape[2], shape[3])
+        # models converted from TensorFlow declare channel-last input; embed() takes NCHW either way
+        self._nhwc = shape[1] != 3 and shape[3] == 3
+        self.input_chw = (shape[3], shape[1], shape[2]) if self._nhwc else (shape[1], shape[2], shape[3])
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         x = check_input(self.name, x, self.input_chw)
-        return embed_in_chunks(self.run_once, x, self.batch_size)
+        return embed_in_chunks(lambda c: self.run_once(self._layout(c)), x, self.batch_size)
+
+    def _layout(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self._nhwc else x
 
     def run_once(self, x: np.ndarray) -> np.ndarray:
+        """Raw call: ``x`` must already be in the model's layout."""
         return self._session.run([self._output_name], {self._input_name: x})[0]
 
     def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
         n = latency_batch(self.batch_size, batch_size, self.name)
-        return random_images(n, self.input_chw, seed)
+        return self._layout(random_images(n, self.input_chw, seed))
 
 
 def quantize_input(x: np.ndarray, scale: float, zero_point: int, dtype: type) -> np.ndarray:
@@ -248,6 +254,33 @@ class TorchEmbedder:
             torch.set_num_threads(self.num_threads)
         with torch.inference_mode():
             return self.model(torch.from_numpy(x))
+
+    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
+        return random_images(latency_batch(None, batch_size, self.name), self.input_chw, seed)
+
+
+class FedEmbedder:
+    """A model behind a function of the project's input, e.g. an external teacher fed by its contract.
+
+    ``fn`` takes the project's normalised NCHW 112 batch (torch) and does its own layout, scaling and
+    resizing, so accuracy and latency are those of the model as the pipeline feeds it.
+    """
+
+    batch_size: int | None = None
+    input_chw = DEFAULT_CHW
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], fmt: Format, name: str, num_threads: int):
+        self.fn, self.format, self.name = fn, fmt, name
+        self.num_threads = resolve_threads(num_threads)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(self.name, x, self.input_chw)
+        with _torch_threads(self.num_threads):
+            return embed_in_chunks(self.run_once, x, None)
+
+    def run_once(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.fn(torch.from_numpy(x)).numpy()
 
     def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
         return random_images(latency_batch(None, batch_size, self.name), self.input_chw, seed)

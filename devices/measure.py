@@ -19,7 +19,7 @@ from deploy.runtimes import Embedder, load_embedder
 from devices.latency import measure_embedder_latency
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
-from distill.metrics.verification import embed_pairs, evaluate_verification
+from distill.metrics.verification import embed_pairs, evaluate_verification, fuse_embeddings
 
 HOST_LABEL = "host-cpu"
 HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, LiteRT interpreter)
@@ -41,6 +41,7 @@ def accuracy_fields(embedder: Embedder, sets: list[VerificationSet], flip: bool)
         emb, emb_flip = embed_pairs(embed, vs.images, batch_size=32, flip=flip)
         r = evaluate_verification(emb, emb_flip, vs.issame)
         per_set[vs.name] = {
+            "cosine": pair_cosines(emb, emb_flip, vs.issame),
             "accuracy": r.accuracy,
             "accuracy_std": r.accuracy_std,
             "tar_at_far": r.tar_at_far,
@@ -57,6 +58,25 @@ def accuracy_fields(embedder: Embedder, sets: list[VerificationSet], flip: bool)
         "accuracy_std": head["accuracy_std"],
         "tar_at_far": head["tar_at_far"],
         "sets": per_set,
+    }
+
+
+def pair_cosines(emb: Any, emb_flip: Any, issame: Any) -> dict[str, float | None]:
+    """Genuine and impostor cosine summaries: on a handful of pairs they say more than an accuracy."""
+    import numpy as np
+
+    fused = fuse_embeddings(emb, emb_flip)
+    cos = np.einsum("ij,ij->i", fused[0::2], fused[1::2])
+    same = np.asarray(issame, dtype=bool)
+
+    def stat(values: Any, fn: Any) -> float | None:
+        return round(float(fn(values)), 6) if values.size else None
+
+    return {
+        "genuine_mean": stat(cos[same], np.mean),
+        "genuine_min": stat(cos[same], np.min),
+        "impostor_mean": stat(cos[~same], np.mean),
+        "impostor_max": stat(cos[~same], np.max),
     }
 
 
@@ -80,8 +100,9 @@ def measure_on_host(
     flip: bool = True,
     name: str | None = None,
 ) -> dict[str, Any]:
-    """Accuracy and latency (batch 1) of one artifact file or module on this machine."""
-    embedder = load_embedder(path, num_threads=threads, name=name)
+    """Accuracy and latency (batch 1) of one artifact file, module or ready Embedder on this machine."""
+    is_embedder = hasattr(path, "run_once") and hasattr(path, "latency_input")
+    embedder = path if is_embedder else load_embedder(path, num_threads=threads, name=name)
     row = accuracy_fields(embedder, sets, flip)
     stats = measure_embedder_latency(embedder, warmup=warmup, runs=runs, batch_size=1)
     row["latency_ms"] = {

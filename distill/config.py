@@ -80,11 +80,32 @@ class LossSpec:
 
 
 @dataclass
+class TeacherInputConfig:
+    """How an external teacher is fed (distill/teacher_input.py); "auto"/None/0 = read from the file.
+
+    Layout and size are detected from an ONNX input shape, the pixel scaling from a leading Sub/Mul
+    normalisation (then raw 0..255 pixels are fed); a model without one gets ``(x - 127.5) / 127.5``
+    unless mean/std are declared here (raw 0..255 pixels: mean 0, std 1).
+    """
+
+    layout: str = "auto"  # auto | NCHW | NHWC
+    channels: str = "RGB"  # RGB | BGR (a file cannot say which)
+    mean: float | list[float] | None = None  # on 0..255 pixels, per channel in the model's order
+    std: float | list[float] | None = None
+    size: int = 0  # input side in pixels (the 112 crop is resized bilinearly); 0 = from the file
+
+
+@dataclass
 class TeacherConfig:
     """The teacher: an existing checkpoint/ONNX file, or an architecture trained on the data."""
 
-    checkpoint: str = ""  # facekd .pt checkpoint of a trained teacher
+    # facekd .pt checkpoint, or a plain state_dict (arcface_torch backbone.pth) of ``arch``
+    checkpoint: str = ""
     onnx: str = ""  # external teacher as ONNX (run with onnxruntime); no classifier head available
+    input: TeacherInputConfig = field(default_factory=TeacherInputConfig)
+    # an external teacher at chance on the verification set (or with near-constant embeddings) stops the
+    # run: it is almost always fed wrongly; true goes on anyway
+    allow_chance: bool = False
     arch: str = "iresnet18"
     embedding_dim: int = 512
     # base_width 32 = half the published iResNet width: the teacher the 15-minute CPU budget affords.
@@ -369,6 +390,14 @@ def validate(cfg: Config) -> None:
     if cfg.data.synth.val_pairs < 20 or cfg.data.synth.val_pairs % 2:
         raise InputError(
             f"data.synth.val_pairs: must be an even number >= 20, got {cfg.data.synth.val_pairs}"
+        )
+    t = cfg.teacher
+    if t.onnx and t.checkpoint:
+        raise InputError("teacher: give teacher.onnx or teacher.checkpoint, not both")
+    if not (t.onnx or t.checkpoint) and t.input != TeacherInputConfig():
+        raise InputError(
+            "teacher.input: describes how to feed a teacher file; set teacher.onnx or teacher.checkpoint "
+            "(a teacher trained here takes the project's own input)"
         )
     q = cfg.qat
     if q.range_estimator not in ("histogram", "mean_minmax", "minmax"):

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.data.transforms import PIXEL_MEAN, PIXEL_STD
 from distill.data.verification_bin import VerificationSet
 from distill.metrics.verification import VerificationResult, embed_pairs, evaluate_verification
 
@@ -48,4 +49,29 @@ def summary_metrics(results: dict[str, VerificationResult]) -> dict[str, Any]:
         for far, tar in r.tar_at_far.items():
             if tar is not None:
                 out[f"{name}/tar@far={far}"] = float(tar)
+    return out
+
+
+def chance_limit(num_pairs: int) -> float:
+    """Highest accuracy still within two binomial standard deviations of a coin toss on ``num_pairs``."""
+    return 0.5 + 2.0 * (0.25 / max(num_pairs, 1)) ** 0.5
+
+
+def pixel_floor(sets: list[VerificationSet]) -> dict[str, dict[str, Any]]:
+    """Verification of raw pixels compared by cosine: the score a model that learned nothing beats.
+
+    Same protocol as every model (10 folds, no flip) on the pixels exactly as a model receives them,
+    ``(x - 127.5) / 127.5`` (centred: cosine on raw 0..255 mostly measures brightness).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for vs in sets:
+        images = np.asarray(vs.images)
+        pixels = (images.reshape(images.shape[0], -1).astype(np.float64) - PIXEL_MEAN) / PIXEL_STD
+        r = evaluate_verification(pixels, None, vs.issame)
+        out[vs.name] = {
+            "accuracy": float(r.accuracy),
+            "accuracy_std": float(r.accuracy_std),
+            "roc_auc": float(r.roc_auc),
+            "pairs": int(r.num_pairs),
+        }
     return out

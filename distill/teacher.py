@@ -1,13 +1,14 @@
-"""The teacher of a run: an external ONNX file, an existing facekd checkpoint, or one trained here.
+"""The teacher of a run: an ONNX file, a checkpoint (facekd or a plain state_dict) or one trained here.
 
-Whatever its source, a teacher is used through ``Teacher.embed`` (normalised NCHW in, raw embeddings
-out); its margin head, when known, rides along for the methods that reuse the teacher's classifier.
+Whatever its source, a teacher is used through ``Teacher.embed`` (the project's normalised NCHW in, raw
+embeddings out); its ``InputContract`` turns that input into what the model expects. Its margin head, when
+known, rides along for the methods that reuse the teacher's classifier.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,46 +17,95 @@ import torch
 
 from distill.atomic import publish
 from distill.config import TeacherConfig
+from distill.data.transforms import IMAGE_SIZE
 from distill.engine.device import channels_last_is_safe, resolve_device
 from distill.engine.distributed import DistInfo, barrier
 from distill.errors import InputError
+from distill.teacher_input import Detected, InputContract, resolve_contract
 
 
 @dataclass
 class Teacher:
-    embed: Callable[[torch.Tensor], torch.Tensor]  # no-grad embedding of a normalised NCHW batch
+    embed: Callable[[torch.Tensor], torch.Tensor]  # no-grad embedding of the project's normalised NCHW batch
     embedding_dim: int
-    source: str  # "onnx:<path>", "checkpoint:<path>"
+    source: str  # "onnx:<path>", "checkpoint:<path>", "state_dict:<path>"
     head_weight: torch.Tensor | None = None  # (num_classes, D) class centres of its margin head
+    contract: InputContract = field(default_factory=InputContract)  # how ``embed`` feeds the model
+    module: torch.nn.Module | None = None  # the PyTorch model, for checkpoint teachers
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    def descriptor(self, path: Path | None = None) -> dict[str, Any]:
+        """What later stages need to know about this teacher (written to the teacher stage's teacher.json)."""
+        out: dict[str, Any] = {
+            "source": self.source,
+            "kind": self.kind,
+            "embedding_dim": self.embedding_dim,
+            "has_head": self.head_weight is not None,
+            "input": self.contract.to_dict(),
+        }
+        if path is not None:
+            out["file"] = str(Path(path).resolve())
+        return out
 
 
-def load_teacher(cfg: TeacherConfig, trained_checkpoint: Path | None = None) -> Teacher:
-    """Open the teacher named by the config (ONNX first, then a checkpoint, then the one trained here)."""
+def load_teacher(
+    cfg: TeacherConfig, trained_checkpoint: Path | None = None, contract: InputContract | None = None
+) -> Teacher:
+    """Open the teacher named by the config (ONNX first, then a checkpoint, then the one trained here).
+
+    ``contract`` is the input contract the teacher stage recorded; without it the contract is detected
+    from the file and ``cfg.input`` (and an ONNX teacher's batch sizes are probed).
+    """
     if cfg.onnx:
         from distill.models.onnx_teacher import OnnxTeacher
 
-        onnx_teacher = OnnxTeacher(cfg.onnx)
+        onnx_teacher = OnnxTeacher(cfg.onnx, input_cfg=cfg.input, contract=contract)
         return Teacher(
-            embed=onnx_teacher, embedding_dim=onnx_teacher.embedding_dim, source=f"onnx:{cfg.onnx}"
+            embed=onnx_teacher,
+            embedding_dim=onnx_teacher.embedding_dim,
+            source=f"onnx:{cfg.onnx}",
+            contract=onnx_teacher.contract,
         )
     path = Path(cfg.checkpoint) if cfg.checkpoint else trained_checkpoint
     if path is None:
         raise InputError("teacher: no teacher.onnx, teacher.checkpoint or trained teacher available")
-    from distill.models.checkpoint import load_model
+    from distill.models.checkpoint import load_weights_file
 
     device = resolve_device("auto")
-    model, meta = load_model(path)
+    arch_kwargs = {"embedding_dim": cfg.embedding_dim, **cfg.arch_params}
+    model, meta = load_weights_file(path, cfg.arch, arch_kwargs)
+    if contract is None:
+        # a PyTorch backbone of this project takes NCHW at 112 (its final Linear is sized for 7x7 maps)
+        contract = resolve_contract(
+            Detected(layout="NCHW", size=IMAGE_SIZE),
+            layout=cfg.input.layout, channels=cfg.input.channels, mean=cfg.input.mean, std=cfg.input.std,
+            size=cfg.input.size, where=f"{path}: a {meta['arch']} checkpoint",
+        )  # fmt: skip
+        contract = replace(
+            contract, origin={**contract.origin, "layout": "PyTorch backbone", "size": "PyTorch backbone"}
+        )
     fmt = torch.channels_last if channels_last_is_safe(model) else torch.contiguous_format
+    module = model
     model = model.to(device, memory_format=fmt).eval()
     extra = meta.get("extra") or {}
+    feed = contract.feed
 
     def embed(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return model(x.to(device).contiguous(memory_format=fmt)).float().cpu()
+            return model(feed(x.to(device)).contiguous(memory_format=fmt)).float().cpu()
 
     dim = int(meta["arch_kwargs"]["embedding_dim"])
+    kind = "checkpoint" if meta["format"] != "state_dict" else "state_dict"
     return Teacher(
-        embed=embed, embedding_dim=dim, source=f"checkpoint:{path}", head_weight=extra.get("head_weight")
+        embed=embed,
+        embedding_dim=dim,
+        source=f"{kind}:{path}",
+        head_weight=extra.get("head_weight"),
+        contract=contract,
+        module=module,
     )
 
 
@@ -113,3 +163,35 @@ def cache_teacher_embeddings(
 
 def open_teacher_cache(out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return (np.load(out_dir / "plain.npy", mmap_mode="r"), np.load(out_dir / "flipped.npy", mmap_mode="r"))
+
+
+SPREAD_FLOOR = 1e-3  # embeddings closer together than this point one way whatever the face
+
+
+def fed_wrongly(results: dict[str, Any], contract: InputContract) -> str | None:
+    """Why a teacher's verification results say it does not see faces, or None when they look sane.
+
+    A teacher fed wrongly (scaling, channel order, layout, alignment) usually loads and runs fine and
+    then outputs near-constant embeddings or scores at chance; distilling from it teaches nothing.
+    """
+    from distill.evaluation import chance_limit
+
+    flat = {name: r for name, r in results.items() if r.spread < SPREAD_FLOOR}
+    at_chance = {name: r for name, r in results.items() if r.accuracy <= chance_limit(r.num_pairs)}
+    if flat:
+        name, r = next(iter(flat.items()))
+        what = f"its embeddings barely vary across images on {name} (spread {r.spread:.1e})"
+    elif results and len(at_chance) == len(results):
+        name, r = next(iter(at_chance.items()))
+        what = (
+            f"it is at chance on {name} ({100 * r.accuracy:.1f} % <= {100 * chance_limit(r.num_pairs):.1f} % "
+            f"for {r.num_pairs} pairs)"
+        )
+    else:
+        return None
+    return (
+        f"{what}: the teacher is most likely fed wrongly. Check teacher.input: pixel scaling (mean/std; "
+        f"raw 0..255 is mean 0, std 1), channel order (RGB/BGR), layout and size, and that the faces are "
+        f"aligned like its training data. It was fed as {contract.summary()}. "
+        "Set teacher.allow_chance: true to go on anyway"
+    )

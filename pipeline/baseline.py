@@ -42,7 +42,9 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _row_baseline(row: dict[str, Any], tol: Tolerances) -> dict[str, Any]:
+def _row_baseline(
+    row: dict[str, Any], tol: Tolerances, floors: dict[str, Any] | None = None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": row["name"],
         "target": row["target"],
@@ -59,6 +61,14 @@ def _row_baseline(row: dict[str, Any], tol: Tolerances) -> dict[str, Any]:
         rule["max_drop"] = tol.accuracy_max_drop
         if tol.accuracy_floor is not None:
             rule["floor"] = tol.accuracy_floor
+        pixels = (((floors or {}).get(row.get("val_set")) or {}).get("pixels") or {}).get("accuracy")
+        if _finite(pixels) and float(acc) > float(pixels):
+            rule["above_pixel_floor"] = True
+        elif _finite(pixels):
+            notes.append(
+                f"accuracy {100 * float(acc):.2f} % is not above raw pixels ({100 * float(pixels):.2f} %): "
+                "no pixel-floor rule"
+            )
         out["accuracy"] = rule
     else:
         notes.append("accuracy not gated: the run has no accuracy for this row")
@@ -112,7 +122,7 @@ def make_baseline(results: dict[str, Any], tolerances: Tolerances | None = None)
         if getattr(tol, name) < 0:
             raise InputError(f"tolerances: {name} must be >= 0")
     check_results(results)
-    rows = [_row_baseline(r, tol) for r in results["rows"]]
+    rows = [_row_baseline(r, tol, results.get("floors")) for r in results["rows"]]
     baseline = {
         "tool": "facekd",
         "kind": "baseline",

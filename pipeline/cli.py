@@ -148,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-flip", action="store_true", help="do not fuse the mirrored image's embedding")
     ev.add_argument("--threads", type=int, default=2, help="runtime threads [default: 2]")
     ev.add_argument("--json", action="store_true", help="print JSON")
+    feed = ev.add_argument_group(
+        "input contract (.onnx from elsewhere)",
+        "How to feed a model this project did not export, as teacher.input in a config. Layout, size and "
+        "a leading Sub/Mul normalisation are read from the file; declare the rest.",
+    )
+    feed.add_argument("--layout", default="auto", choices=["auto", "NCHW", "NHWC"], help="[default: auto]")
+    feed.add_argument("--channels", default="RGB", choices=["RGB", "BGR"], help="[default: RGB]")
+    feed.add_argument(
+        "--mean", type=float, default=None, help="pixel mean on 0..255 (raw pixels: --mean 0 --std 1)"
+    )
+    feed.add_argument("--std", type=float, default=None, help="pixel std on 0..255")
+    feed.add_argument("--size", type=int, default=0, help="input side in pixels [default: from the file]")
     return parser
 
 
@@ -289,18 +301,24 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from deploy.runtimes import load_embedder
     from devices.measure import accuracy_fields
     from distill.data.faces import open_verification
+    from distill.evaluation import pixel_floor
 
     vs = open_verification(args.data)
-    embedder = load_embedder(args.model, num_threads=args.threads)
+    embedder, contract = _evaluation_embedder(args)
     row = accuracy_fields(embedder, [vs], flip=not args.no_flip)
     result = row["sets"][vs.name]
     result.pop("roc")
+    result["pixel_floor"] = pixel_floor([vs])[vs.name]["accuracy"]
     if args.json:
-        print(json.dumps({"model": args.model, "data": args.data, "flip": not args.no_flip, **result}))
+        extra = {"input": contract.to_dict()} if contract is not None else {}
+        print(
+            json.dumps({"model": args.model, "data": args.data, "flip": not args.no_flip, **result, **extra})
+        )
     else:
+        if contract is not None:
+            print(contract.describe())
         print(
             f"{vs.name}: accuracy {100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f} % "
             f"over {result['pairs']} pairs (10 folds, flip {'on' if not args.no_flip else 'off'})"
@@ -308,4 +326,29 @@ def _evaluate(args: argparse.Namespace) -> int:
         for far, tar in result["tar_at_far"].items():
             print(f"  TAR@FAR={far}: {'not computable' if tar is None else f'{100 * tar:.2f} %'}")
         print(f"  ROC AUC {result['roc_auc']:.4f}, EER {100 * result['eer']:.2f} %")
+        cos = result["cosine"]
+        print(
+            f"  cosine: genuine mean {cos['genuine_mean']:.3f} (min {cos['genuine_min']:.3f}), "
+            f"impostor mean {cos['impostor_mean']:.3f} (max {cos['impostor_max']:.3f})"
+        )
+        print(f"  floor: raw pixels compared by cosine {100 * result['pixel_floor']:.2f} %")
     return 0
+
+
+def _evaluation_embedder(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(Embedder, InputContract or None): an ONNX from elsewhere is fed by its contract."""
+    from deploy.runtimes import FedEmbedder, load_embedder
+
+    declared = (args.layout, args.channels, args.mean, args.std, args.size) != ("auto", "RGB", None, None, 0)
+    if Path(args.model).suffix.lower() != ".onnx" or not Path(args.model).is_file():
+        if declared:
+            raise InputError("--layout/--channels/--mean/--std/--size: apply to .onnx models only")
+        return load_embedder(args.model, num_threads=args.threads), None
+    from distill.config import TeacherInputConfig
+    from distill.models.onnx_teacher import OnnxTeacher
+
+    cfg = TeacherInputConfig(args.layout, args.channels, args.mean, args.std, args.size)
+    model = OnnxTeacher(args.model, input_cfg=cfg, num_threads=args.threads)
+    if model.contract.is_native and not declared:  # this project's own layout: the artifact as it ships
+        return load_embedder(args.model, num_threads=args.threads), None
+    return FedEmbedder(model, "onnx", Path(args.model).name, args.threads), model.contract

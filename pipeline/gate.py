@@ -36,6 +36,9 @@ Every rule section is optional; each check below is one rule (one JUnit test cas
 - ``latency``: for each percentile in ``reference_ms``: latency <= reference x (1 + max_increase_pct/100),
   only comparable when the run's row was measured on ``latency.measured_on``; an estimate never counts.
 - ``size.max_bytes``: size_bytes <= max_bytes (a file property: valid wherever it was measured).
+- ``accuracy.above_pixel_floor: true``: accuracy > the accuracy of raw pixels compared by cosine on the
+  same verification set (``results.floors``): a model that learned nothing cannot pass for one that works.
+  ``baseline`` sets it for every row that was above that floor when the baseline was written.
 
 Accuracy and TAR rules also require the run's row to have been measured on the row's ``measured_on``.
 A baseline row absent from the results fails every one of its rules (a row without rules gets a
@@ -58,7 +61,7 @@ from distill.errors import InputError
 BASELINE_VERSION = 1
 _ROW_KEYS = {"name", "target", "measured_on", "accuracy", "tar_at_far", "latency", "size", "notes"}
 _SECTION_KEYS = {
-    "accuracy": {"reference", "reference_std", "floor", "max_drop", "use_std"},
+    "accuracy": {"reference", "reference_std", "floor", "max_drop", "use_std", "above_pixel_floor"},
     "tar": {"reference", "floor", "max_drop"},
     "latency": {"measured_on", "reference_ms", "max_increase_pct"},
     "size": {"reference", "max_bytes"},
@@ -274,6 +277,10 @@ def _check_latency(sec: dict[str, Any] | None, where: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ gate
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _row_label(row: dict[str, Any]) -> str:
     return f"{row['name']} @ {row['target']} ({row.get('measured_on') or 'not measured'})"
 
@@ -309,8 +316,15 @@ def _tar_reason(row: dict[str, Any], far: str) -> str:
 class _RowGate:
     """Builds the RuleResults of one baseline row against its matching results row (or None)."""
 
-    def __init__(self, base: dict[str, Any], row: dict[str, Any] | None, out: list[RuleResult]):
+    def __init__(
+        self,
+        base: dict[str, Any],
+        row: dict[str, Any] | None,
+        out: list[RuleResult],
+        floors: dict[str, Any] | None = None,
+    ):
         self.base, self.row, self.out = base, row, out
+        self.floors = floors or {}
         self.label = _row_label(base)
 
     def add(
@@ -375,6 +389,34 @@ class _RowGate:
             return
         actual, why = _value(self.row or {}, "accuracy")
         self.fraction_rules("accuracy", sec, actual, why, "missing")
+        if sec.get("above_pixel_floor"):
+            self.pixel_floor(actual, why)
+
+    def pixel_floor(self, actual: float | None, why: str) -> None:
+        """accuracy > raw pixels compared by cosine on the row's verification set."""
+        val = (self.row or {}).get("val_set")
+        floor = ((self.floors.get(val) or {}).get("pixels") or {}).get("accuracy") if val else None
+        rule = "above raw pixels compared by cosine"
+        blocked = self.unavailable("accuracy")
+        if blocked:
+            self.add("accuracy", "pixel_floor", rule, "-", "-", False, blocked[1], blocked[0])
+        elif actual is None:
+            self.add(
+                "accuracy", "pixel_floor", rule, "-", "missing", False, f"{self.label}: {why}", "missing"
+            )
+        elif not _is_num(floor):
+            msg = f"{self.label}: the results have no pixel floor for '{val}'"
+            self.add("accuracy", "pixel_floor", rule, "-", _pct(actual), False, msg, "missing")
+        elif actual > float(floor):
+            self.add("accuracy", "pixel_floor", rule, f"> {_pct(floor)}", _pct(actual), True, "ok", "ok")
+        else:
+            msg = (
+                f"{self.label}: accuracy {_pct(actual)} is not above raw pixels compared by cosine "
+                f"({_pct(floor)} on {val}): the model does no better than no model"
+            )
+            self.add(
+                "accuracy", "pixel_floor", rule, f"> {_pct(floor)}", _pct(actual), False, msg, "regression"
+            )
 
     def tar(self) -> None:
         for far, sec in (self.base.get("tar_at_far") or {}).items():
@@ -508,7 +550,7 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         if row is not None:
             matched.add(id(row))
         before = len(report.rules)
-        g = _RowGate(base, row, report.rules)
+        g = _RowGate(base, row, report.rules, results.get("floors"))
         g.accuracy()
         g.tar()
         g.latency()

@@ -21,6 +21,7 @@ from pipeline.gate import load_json_file
 from pipeline.report import (
     accuracy_delta,
     first_versions,
+    floor_lines,
     fp32_reference,
     latency_kind,
     notes,
@@ -193,6 +194,7 @@ def render_html(
         "TAR at fixed FAR, latency of the exact artifact on the device named in <em>measured on</em>.</p>",
         "<h2>Results</h2>",
         results_html(rows),
+        "".join(f"<p><strong>{_e(line.replace('`', ''))}</strong></p>" for line in floor_lines(results)),
         "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(rows)) + "</ul>",
         "<h2>ROC curves</h2>",
         _img(plots.roc_png(rows), "ROC curves of every artifact", "no ROC data in results.json"),

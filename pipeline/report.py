@@ -142,6 +142,20 @@ def notes(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def floor_lines(results: dict[str, Any]) -> list[str]:
+    """One line per verification set: what raw pixels and the teacher score, beside the models."""
+    out = []
+    for name, f in (results.get("floors") or {}).items():
+        pixels = f.get("pixels") or {}
+        line = f"Floor on `{name}`: raw pixels compared by cosine score {_pct(pixels.get('accuracy'))} %"
+        if _finite(pixels.get("roc_auc")):
+            line += f" (AUC {pixels['roc_auc']:.3f})"
+        if _finite(f.get("teacher")):
+            line += f"; the teacher {_pct(f['teacher'])} %"
+        out.append(line + ". A model at or below the pixels has learned nothing useful.")
+    return out
+
+
 def first_versions(manifest: dict[str, Any]) -> dict[str, Any]:
     for rec in (manifest.get("stages") or {}).values():
         if isinstance(rec, dict) and rec.get("versions"):
@@ -156,6 +170,7 @@ def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
     val = rows[0].get("val_set") if rows else None
     out += [f"Verification set: `{val}` (10-fold accuracy, InsightFace protocol, flip fused).", ""]
     out += [results_table(rows), ""]
+    out += [*floor_lines(results), ""] if results.get("floors") else []
     for n in notes(rows):
         out.append(f"- {n}")
     out += ["", "## Stages", "", "| stage | seconds | key |", "|---|---|---|"]

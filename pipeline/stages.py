@@ -57,6 +57,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
                 "images": len(train),
                 "identities": int(train.num_classes),
                 "val_pairs": {vs.name: int(len(vs.issame)) for vs in vals},
+                "pixel_floor": _pixel_floor(ctx, vals),
             }
             write_json(work / "data.json", info)
             return StageOutcome(["data.json"], info)
@@ -64,15 +65,30 @@ def stage_data(ctx: Context) -> dict[str, Any]:
         key = {"synth": asdict(d.synth)}
 
         def fn(work: Path) -> StageOutcome:
+            from distill.data.faces import open_verification
             from distill.data.synth import SynthSpec, synthesize
 
             summary = synthesize(work, SynthSpec(**asdict(d.synth)), progress=ctx.progress)
             info = {"train": "train.rec", "val": ["synth_val.bin"], "synthetic": True, **_plain(summary)}
+            info["pixel_floor"] = _pixel_floor(ctx, [open_verification(work / "synth_val.bin")])
             write_json(work / "data.json", info)
             files = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json", "data.json"]
             return StageOutcome(files, info)
 
     return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _pixel_floor(ctx: Context, vals: list[Any]) -> dict[str, Any]:
+    """Raw pixels compared by cosine on each verification set, printed: the score to beat."""
+    from distill.evaluation import pixel_floor
+
+    floor = pixel_floor(vals)
+    for name, f in floor.items():
+        ctx.log(
+            f"[data] {name}: {f['pairs']} pairs; raw pixels compared by cosine score "
+            f"{100 * f['accuracy']:.2f} % (the floor every model must clear)"
+        )
+    return floor
 
 
 def _train_anchor(path: Path) -> Path:
@@ -116,26 +132,39 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
         src = Path(t.onnx or t.checkpoint)
         if not src.is_file():
             raise InputError(f"{src}: teacher file not found")
-        key = {"teacher": str(src), "fp": fingerprint(src), **_data_key(ctx)}
+        key = {
+            "teacher": str(src),
+            "fp": fingerprint(src),
+            # how it is fed and (for a plain state_dict) what it is: both change every embedding
+            "input": asdict(t.input),
+            "arch": [t.arch, t.embedding_dim, t.arch_params] if t.checkpoint else None,
+            "flip": ctx.cfg.measure.flip,
+            **_data_key(ctx),
+        }
 
         def fn(work: Path) -> StageOutcome:
-            from distill.teacher import load_teacher
+            from distill.teacher import fed_wrongly, load_teacher
 
             teacher = load_teacher(t)
-            metrics = _evaluate_teacher(ctx, teacher)
-            info = {
-                "source": teacher.source,
-                "embedding_dim": teacher.embedding_dim,
-                "has_head": teacher.head_weight is not None,
-                **metrics,
-            }
+            ctx.log(f"[teacher] {teacher.contract.describe()}")
+            results = _evaluate_teacher(ctx, teacher)
+            problem = fed_wrongly(results, teacher.contract)
+            if problem and not t.allow_chance:
+                raise InputError(f"{src}: {problem}")
+            if problem:
+                ctx.log(f"[teacher] warning: {problem}")
+            from distill.evaluation import summary_metrics
+
+            info = {**teacher.descriptor(src), **summary_metrics(results)}
             write_json(work / "teacher.json", info)
             return StageOutcome(["teacher.json"], info)
     else:
-        key = {"teacher_cfg": config_hash(t), **_data_key(ctx)}
+        trained_fields = {k: v for k, v in asdict(t).items() if k not in ("input", "allow_chance")}
+        key = {"teacher_cfg": config_hash(trained_fields), **_data_key(ctx)}
 
         def fn(work: Path) -> StageOutcome:
             from distill.fit import fit_model
+            from distill.teacher_input import InputContract
 
             train, vals = load_data(ctx)
             _, summary = fit_model(
@@ -154,9 +183,14 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
                 progress=ctx.progress,
                 where="teacher.losses",
             )
+            contract = InputContract(
+                origin={k: "trained here" for k in ("layout", "scaling", "size", "batch")}
+            )
             metrics = {
                 "source": f"trained:{t.arch}",
+                "kind": "trained",
                 "embedding_dim": t.embedding_dim,
+                "input": contract.to_dict(),
                 "images_per_second": summary.images_per_second,
                 "steps": summary.steps,
                 **(summary.evaluations[-1] if summary.evaluations else {}),
@@ -169,18 +203,29 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
-    from distill.evaluation import evaluate_sets, summary_metrics
+    from distill.evaluation import evaluate_sets
 
     _, vals = load_data(ctx)
-    results = evaluate_sets(lambda x: teacher.embed(x).numpy(), vals, flip=ctx.cfg.measure.flip)
-    return summary_metrics(results)
+    return evaluate_sets(lambda x: teacher.embed(x).numpy(), vals, flip=ctx.cfg.measure.flip)
+
+
+def teacher_descriptor(ctx: Context) -> dict[str, Any]:
+    """What the teacher stage wrote about the teacher (source, input contract, embedding size)."""
+    path = ctx.run.stage_dir("teacher") / "teacher.json"
+    if not path.is_file():
+        raise InputError(f"{ctx.run.root}: stage 'teacher' has not run")
+    return json.loads(path.read_text())
 
 
 def open_teacher(ctx: Context) -> Any:
+    """The run's teacher, fed exactly as the teacher stage recorded (no re-detection, no re-probing)."""
     from distill.teacher import load_teacher
+    from distill.teacher_input import InputContract
 
+    desc = teacher_descriptor(ctx)
+    contract = InputContract.from_dict(desc["input"]) if desc.get("input") else None
     trained = ctx.run.stage_dir("teacher") / "teacher.pt"
-    return load_teacher(ctx.cfg.teacher, trained if trained.exists() else None)
+    return load_teacher(ctx.cfg.teacher, trained if trained.exists() else None, contract=contract)
 
 
 def _upstream(ctx: Context, *stages: str) -> dict[str, Any]:
@@ -196,10 +241,7 @@ def _upstream(ctx: Context, *stages: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- cache
 def stage_cache(ctx: Context) -> dict[str, Any]:
     """Teacher embeddings of every training image (plain and mirrored), computed once per data+teacher."""
-    key = {
-        **_upstream(ctx, "data", "teacher"),
-        "teacher_src": ctx.cfg.teacher.onnx or ctx.cfg.teacher.checkpoint,
-    }
+    key = {**_upstream(ctx, "data", "teacher")}
 
     def fn(work: Path) -> StageOutcome:
         from distill.engine.distributed import current_dist
@@ -262,15 +304,10 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
 
 
 def teacher_head(ctx: Context) -> Any:
-    """The teacher's class centres, for the methods that reuse its classifier (None for ONNX teachers)."""
-    if ctx.cfg.teacher.onnx:
+    """The teacher's class centres, for the methods that reuse its classifier (None when it has none)."""
+    if teacher_descriptor(ctx).get("has_head") is False:
         return None
-    from distill.models.checkpoint import load_model
-
-    t = ctx.cfg.teacher
-    path = Path(t.checkpoint) if t.checkpoint else ctx.run.stage_dir("teacher") / "teacher.pt"
-    _, meta = load_model(path)
-    return (meta.get("extra") or {}).get("head_weight")
+    return open_teacher(ctx).head_weight
 
 
 # ----------------------------------------------------------------------------------------------- qat
@@ -461,13 +498,16 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         rows = []
         # Reference rows: the PyTorch teacher and student, measured on the host the same way.
         student_pt = ctx.run.stage_dir("distill") / "student.pt"
-        teacher = _teacher_reference(ctx)
-        for role, src in (("teacher", teacher), ("student", student_pt)):
+        teacher_src, teacher_model = _teacher_for_measure(ctx, m.threads)
+        for role, src, model in (
+            ("teacher", teacher_src, teacher_model),
+            ("student", student_pt, student_pt),
+        ):
             if src is None:
                 continue
-            fmt = "pytorch" if src.suffix == ".pt" else "onnx"
+            fmt = "onnx" if src.suffix.lower() == ".onnx" else "pytorch"
             row = measure_on_host(
-                src, vals, threads=m.threads, warmup=m.warmup, runs=m.runs, flip=m.flip, name=role
+                model, vals, threads=m.threads, warmup=m.warmup, runs=m.runs, flip=m.flip, name=role
             )
             rows.append(
                 {
@@ -507,6 +547,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         results = {
             "target": ctx.target,
             "device": {"name": device.name, "connected": ctx.connection.connected},
+            "floors": _floors(ctx, vals, rows),
             "rows": rows,
             "estimator_error_on_host": _estimator_error(ctx, graphs),
         }
@@ -515,6 +556,21 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         return StageOutcome(["results.json"], {"rows": len(rows)})
 
     return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _floors(ctx: Context, vals: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per verification set: raw pixels by cosine (the floor) and the teacher (the ceiling to approach)."""
+    info = json.loads((ctx.run.stage_dir("data") / "data.json").read_text())
+    pixels = info.get("pixel_floor")
+    if not pixels:  # a run folder from before the data stage recorded it
+        from distill.evaluation import pixel_floor
+
+        pixels = pixel_floor(vals)
+    teacher = next((r for r in rows if r.get("role") == "teacher"), {})
+    return {
+        name: {"pixels": f, "teacher": ((teacher.get("sets") or {}).get(name) or {}).get("accuracy")}
+        for name, f in pixels.items()
+    }
 
 
 def _estimate_graphs(ctx: Context, work: Path) -> dict[str, Path]:
@@ -529,11 +585,14 @@ def _estimate_graphs(ctx: Context, work: Path) -> dict[str, Path]:
     student, _ = load_model(ctx.run.stage_dir("distill") / "student.pt")
     graphs["distill"] = export_onnx(student, work / "estimate_student.onnx", batch_size=1)
     graphs["qat"] = graphs["distill"]  # same graph; the estimate takes the row's precision
-    teacher = _teacher_reference(ctx)
-    if teacher is not None and teacher.suffix == ".onnx":
+    kind, teacher = _teacher_source(ctx)
+    if kind == "onnx":
         graphs["teacher"] = teacher
-    elif teacher is not None:
+    elif kind == "trained" and teacher.is_file():
         graphs["teacher"] = export_onnx(load_model(teacher)[0], work / "estimate_teacher.onnx", batch_size=1)
+    elif kind in ("checkpoint", "state_dict"):
+        module = open_teacher(ctx).module
+        graphs["teacher"] = export_onnx(module, work / "estimate_teacher.onnx", batch_size=1)
     return graphs
 
 
@@ -596,14 +655,25 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _teacher_reference(ctx: Context) -> Path | None:
-    t = ctx.cfg.teacher
-    if t.onnx:
-        return Path(t.onnx)
-    if t.checkpoint:
-        return Path(t.checkpoint)
-    p = ctx.run.stage_dir("teacher") / "teacher.pt"
-    return p if p.exists() else None
+def _teacher_source(ctx: Context) -> tuple[str, Path]:
+    """(kind, file) of the run's teacher as its stage recorded it: onnx, checkpoint, state_dict or trained."""
+    desc = teacher_descriptor(ctx)
+    kind, _, where = str(desc.get("source", "trained:")).partition(":")
+    if kind == "trained":
+        return kind, ctx.run.stage_dir("teacher") / "teacher.pt"
+    return kind, Path(desc.get("file") or where)
+
+
+def _teacher_for_measure(ctx: Context, threads: int) -> tuple[Path | None, Any]:
+    """(file, what to measure) for the teacher row: a file of this project, or the teacher as it is fed."""
+    from deploy.runtimes import FedEmbedder
+
+    kind, path = _teacher_source(ctx)
+    if kind == "trained":
+        return (path, path) if path.is_file() else (None, None)
+    teacher = open_teacher(ctx)
+    fmt = "onnx" if kind == "onnx" else "pytorch"
+    return path, FedEmbedder(teacher.embed, fmt, name="teacher", num_threads=threads)
 
 
 def _verify_artifact_hashes(export_dir: Path, artifacts: list[dict[str, Any]]) -> None:

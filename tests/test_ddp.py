@@ -171,5 +171,6 @@ def test_pipeline_stages_under_torchrun(tmp_path):
     for got, want in zip(
         open_teacher_cache(out / "cache"), open_teacher_cache(tmp_path / "single-cache"), strict=True
     ):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # different thread counts sum in different orders: float noise relative to the embedding scale
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(np.abs(want).max()))
     assert not list((out / "cache").glob("*.partial"))

@@ -42,13 +42,20 @@ LOSS_MODES = ("mse", "smooth_l1", "kl")
 
 
 def mine_bank(
-    teacher_sim: torch.Tensor, anchor_labels: torch.Tensor, bank_labels: torch.Tensor, k_neg: int
+    teacher_sim: torch.Tensor,
+    anchor_labels: torch.Tensor | None,
+    bank_labels: torch.Tensor | None,
+    k_neg: int,
 ) -> torch.Tensor:
     """(B, n) selection mask: all same-label bank entries + the ``k_neg`` most teacher-similar others.
 
-    A row with fewer than ``k_neg`` different-label entries keeps all of them.
+    A row with fewer than ``k_neg`` different-label entries keeps all of them. Without labels (None:
+    label-free distillation) it is the ``k_neg`` entries the teacher finds most similar, whoever they are.
     """
-    pos = anchor_labels[:, None] == bank_labels[None, :]
+    if anchor_labels is None or bank_labels is None:
+        pos = torch.zeros_like(teacher_sim, dtype=torch.bool)
+    else:
+        pos = anchor_labels[:, None] == bank_labels[None, :]
     k = min(k_neg, teacher_sim.shape[1])
     if k <= 0:
         return pos
@@ -85,7 +92,8 @@ class RPSDLoss(LossTerm):
 
     Knobs: ``bank_size`` (K), ``k_neg`` (hard negatives per anchor), ``loss`` ("mse" | "smooth_l1" | "kl"),
     ``tau_r`` (KL temperature), ``smooth_l1_beta``, ``student_bank`` (student-side bank), ``in_batch``
-    (include the B x B in-batch pairs). ``gather`` (code only, not a config knob): the all-gather used when
+    (include the B x B in-batch pairs), ``use_labels`` (false: mine by teacher similarity alone, for
+    label-free distillation). ``gather`` (code only, not a config knob): the all-gather used when
     enqueueing under DDP; None = ``all_gather_no_grad`` when a process group runs.
     """
 
@@ -101,6 +109,7 @@ class RPSDLoss(LossTerm):
         smooth_l1_beta: float = 0.1,
         student_bank: bool = False,
         in_batch: bool = True,
+        use_labels: bool = True,
         gather: Gather | None = None,
     ) -> None:
         super().__init__()
@@ -121,6 +130,7 @@ class RPSDLoss(LossTerm):
         self.tau_r = float(tau_r)
         self.beta = float(smooth_l1_beta)
         self.in_batch = bool(in_batch)
+        self.use_labels = bool(use_labels)
         self.gather = gather
         self.projector = Projector(dims.student_dim, dims.teacher_dim)
         self.bank = MemoryBank(bank_size, dims.teacher_dim)
@@ -142,7 +152,10 @@ class RPSDLoss(LossTerm):
             bank_s = bank_t
         rt_bank = t @ bank_t.T
         rs_bank = s @ bank_s.T
-        mask_bank = mine_bank(rt_bank, labels, bank_y, self.k_neg)
+        if self.use_labels:
+            mask_bank = mine_bank(rt_bank, labels, bank_y, self.k_neg)
+        else:
+            mask_bank = mine_bank(rt_bank, None, None, self.k_neg)
         b = s.shape[0]
         mask_in = ~torch.eye(b, dtype=torch.bool, device=s.device)
         if not self.in_batch:

@@ -59,6 +59,9 @@ class VerificationResult:
     xnorm: float
     roc: tuple[np.ndarray, np.ndarray] = field(repr=False)  # (fpr, tpr) of the full ROC, for plotting
     num_pairs: int = 0
+    # 1 - |mean of the normalised embeddings|: 0 when every image gets the same direction (a model fed so
+    # wrongly that it outputs a constant), near 1 for embeddings spread over the sphere
+    spread: float = math.nan
 
     def summary(self) -> dict:
         """JSON-friendly scalars (no ROC arrays) for reports."""
@@ -76,6 +79,7 @@ class VerificationResult:
             "eer": self.eer,
             "xnorm": self.xnorm,
             "num_pairs": self.num_pairs,
+            "spread": self.spread,
         }
 
 
@@ -237,7 +241,8 @@ def evaluate_verification(
         raw.append(np.asarray(emb_flip, dtype=np.float64))
     xnorm = float(np.mean(np.concatenate([np.linalg.norm(r, axis=1) for r in raw])))
 
-    dist = pair_distances(fuse_embeddings(emb, emb_flip))
+    fused = fuse_embeddings(emb, emb_flip)
+    dist = pair_distances(fused)
     accs, best = _fold_accuracies(dist, issame, nfolds)
     val, val_std, val_far = _val_at_far(dist, issame, nfolds, VAL_FAR_TARGET)
 
@@ -264,6 +269,7 @@ def evaluate_verification(
         xnorm=xnorm,
         roc=(fpr, tpr),
         num_pairs=n,
+        spread=float(1.0 - np.linalg.norm(fused.mean(axis=0))),
     )
 
 

@@ -1,20 +1,25 @@
 """A frozen teacher given as an ONNX file, run with onnxruntime.
 
-Most users hold their strong teacher as an exported ONNX model (insightface model packs, their own
-exports), not as PyTorch code; this wraps one so distillation can call it like a module that maps a
-normalised NCHW float batch to raw embeddings. It never takes gradients.
+Most users hold their strong teacher as an exported ONNX model (insightface model packs, arcface_torch's
+``torch2onnx.py``, models converted from TensorFlow), not as PyTorch code; this wraps one so distillation
+can call it like a module that maps the project's normalised NCHW batch to raw embeddings. How the file
+wants to be fed (layout, channel order, scaling, size) is an ``InputContract``; the batch sizes it really
+runs at are probed, not read from its declared shape. It never takes gradients.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from distill.config import TeacherInputConfig
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
+from distill.teacher_input import InputContract, detect_onnx, resolve_contract
 
 _ORT_FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -30,11 +35,17 @@ def _default_providers(available: list[str]) -> list[str | tuple[str, dict[str, 
 
 
 class OnnxTeacher:
-    """Embeddings from an ONNX model with one input (N,3,112,112) and one output (N,D)."""
+    """Embeddings from an ONNX model with one image input and one (N, D) output, fed by its contract."""
 
     def __init__(
-        self, path: str | os.PathLike, providers: list[str | tuple[str, dict[str, int]]] | None = None
+        self,
+        path: str | os.PathLike,
+        input_cfg: TeacherInputConfig | None = None,
+        contract: InputContract | None = None,
+        providers: list[str | tuple[str, dict[str, int]]] | None = None,
+        num_threads: int | None = None,
     ) -> None:
+        """``contract`` (as the teacher stage recorded it) skips detection and probing; else both run."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -42,11 +53,15 @@ class OnnxTeacher:
             raise InputError(f"{self.path}: teacher ONNX file not found")
         if providers is None:
             providers = _default_providers(ort.get_available_providers())
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4  # a failing probe or run is reported by us, on one line
+        if num_threads is not None:
+            opts.intra_op_num_threads = num_threads
+            opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises several private exception types for bad files
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: cannot load as an ONNX model: {msg}") from exc
+            raise InputError(f"{self.path}: cannot load as an ONNX model: {_first_line(exc)}") from exc
 
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -56,13 +71,10 @@ class OnnxTeacher:
             )
         inp, out = inputs[0], outputs[0]
         shape = list(inp.shape)
-        if len(shape) != 4 or shape[1:] != [3, IMAGE_SIZE, IMAGE_SIZE]:
-            raise InputError(
-                f"{self.path}: teacher input '{inp.name}' has shape {shape}, expected [N, 3, 112, 112] (NCHW)"
-            )
         if inp.type not in _ORT_FLOAT_TYPES:
             raise InputError(
-                f"{self.path}: teacher input '{inp.name}' has type {inp.type}, expected a float tensor"
+                f"{self.path}: teacher input '{inp.name}' has type {inp.type}, expected a float tensor "
+                "(pixels as float32; an integer input cannot be fed by teacher.input)"
             )
         if len(out.shape) != 2:
             raise InputError(
@@ -70,15 +82,94 @@ class OnnxTeacher:
             )
         self._input_name = inp.name
         self._input_dtype = _ORT_FLOAT_TYPES[inp.type]
-        # A fixed integer batch dimension (common for mobile exports: 1) means we must feed exactly that many.
-        self.fixed_batch: int | None = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        declared = shape[0] if len(shape) == 4 and isinstance(shape[0], int) and shape[0] > 0 else None
+        if contract is None:
+            contract = self._detect(inp.name, shape, input_cfg or TeacherInputConfig())
+        self.contract = contract
+        self.fixed_batch: int | None = contract.batch if contract.batch is not None else declared
         dim = out.shape[1]
         if isinstance(dim, int) and dim > 0:
             self._embedding_dim = dim
-        else:  # symbolic D: learn it from one dummy run
-            probe = np.zeros((self.fixed_batch or 1, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=self._input_dtype)
-            self._embedding_dim = int(self._run(probe).shape[1])
+        else:  # symbolic D: learn it from one run
+            try:
+                self._embedding_dim = int(self._run(self._probe_input(self.fixed_batch or 1)).shape[1])
+            except Exception as exc:
+                raise InputError(
+                    f"{self.path}: teacher fails on {self._fed_as()}: {_first_line(exc)}"
+                ) from exc
+        if contract.batch is None and contract.origin.get("batch") is None:
+            self.contract = self._probe_batch(declared)
+            self.fixed_batch = self.contract.batch
         self.providers = self.session.get_providers()
+
+    def _detect(self, name: str, shape: list, cfg: TeacherInputConfig) -> InputContract:
+        import onnx
+
+        where = f"{self.path}: teacher input '{name}'"
+        try:  # the graph's first nodes only: external weight files are not needed for that
+            proto = onnx.load(str(self.path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and friends
+            raise InputError(f"{self.path}: cannot read the ONNX graph: {_first_line(exc)}") from exc
+        detected = detect_onnx(proto, name, shape, where)
+        return resolve_contract(
+            detected, layout=cfg.layout, channels=cfg.channels, mean=cfg.mean, std=cfg.std, size=cfg.size,
+            where=where,
+        )  # fmt: skip
+
+    def _probe_input(self, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        x = torch.from_numpy(rng.uniform(-1, 1, size=(n, 3, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32))
+        return self.contract.feed(x).numpy().astype(self._input_dtype, copy=False)
+
+    def _probe_batch(self, declared: int | None) -> InputContract:
+        """Run batch 1 (must work) and, for a dynamic batch, batch 2 against two batch-1 runs.
+
+        A file can declare a dynamic batch and still keep a batch-1 Reshape inside (arcface_torch's
+        torch2onnx.py with today's exporter): it fails, or silently mixes rows, at batch 2. Such a file
+        runs one image per call instead, and ``origin['batch']`` says why.
+        """
+        from dataclasses import replace
+
+        probe = self._probe_input(2 if declared is None else declared, seed=1)
+        try:
+            singles = [self._run(probe[i : i + 1]) for i in range(2)] if declared is None else None
+        except Exception as exc:
+            raise InputError(f"{self.path}: teacher fails on {self._fed_as()}: {_first_line(exc)}") from exc
+        if declared is not None:
+            try:
+                self._run(probe)
+            except Exception as exc:
+                raise InputError(
+                    f"{self.path}: teacher fails at its declared batch {declared}: {_first_line(exc)}"
+                ) from exc
+            return replace(
+                self.contract,
+                batch=declared,
+                origin={**self.contract.origin, "batch": "declared in the file"},
+            )
+        why = ""
+        try:
+            pair = self._run(probe)
+            if pair.shape != (2, self._embedding_dim):
+                why = f"returns shape {list(pair.shape)} for 2 images"
+            elif not np.allclose(
+                pair, np.concatenate(singles), rtol=1e-3, atol=1e-3 * float(np.abs(pair).max() or 1)
+            ):
+                why = "gives other embeddings for 2 images than for each alone"
+        except Exception as exc:
+            why = f"fails: {_first_line(exc)}"
+        if not why:
+            return replace(
+                self.contract, batch=None, origin={**self.contract.origin, "batch": "probed: runs at batch 2"}
+            )
+        note = (
+            f"declares a dynamic batch but at batch 2 {why}; run one image per call "
+            "(every batch of N images costs N calls)"
+        )
+        return replace(self.contract, batch=1, origin={**self.contract.origin, "batch": note})
+
+    def _fed_as(self) -> str:
+        return f"one image fed as {self.contract.summary()}"
 
     @property
     def embedding_dim(self) -> int:
@@ -89,7 +180,7 @@ class OnnxTeacher:
         return self
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        (result,) = self.session.run(None, {self._input_name: batch})
+        (result,) = self.session.run(None, {self._input_name: np.ascontiguousarray(batch)})
         return np.asarray(result)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,10 +189,11 @@ class OnnxTeacher:
             raise ValueError(
                 f"teacher input must be (N, 3, {IMAGE_SIZE}, {IMAGE_SIZE}), got {tuple(x.shape)}"
             )
-        batch = x.detach().to("cpu", torch.float32).numpy().astype(self._input_dtype, copy=False)
+        fed = self.contract.feed(x.detach().to("cpu", torch.float32))
+        batch = fed.numpy().astype(self._input_dtype, copy=False)
         n = batch.shape[0]
         if self.fixed_batch is None:
-            result = self._run(np.ascontiguousarray(batch))
+            result = self._run(batch)
         else:
             b = self.fixed_batch
             chunks = []
@@ -111,7 +203,7 @@ class OnnxTeacher:
                 if real < b:  # pad the last chunk to the fixed batch, keep only the real rows
                     pad = np.zeros((b - real, *chunk.shape[1:]), dtype=chunk.dtype)
                     chunk = np.concatenate([chunk, pad])
-                chunks.append(self._run(np.ascontiguousarray(chunk))[:real])
+                chunks.append(self._run(chunk)[:real])
             result = np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_dim), np.float32)
         if result.shape != (n, self.embedding_dim):
             raise InputError(
@@ -124,3 +216,19 @@ class OnnxTeacher:
         return (
             f"OnnxTeacher({str(self.path)!r}, embedding_dim={self.embedding_dim}, providers={self.providers})"
         )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The useful part of an onnxruntime error: the failing node and the kernel's own words."""
+    text = " ".join(str(exc).split())
+    if not text:
+        return type(exc).__name__
+    node = re.search(r"running (\w+) node\. Name:'([^']*)'", text)
+    if node:
+        tail = (
+            text.rsplit(" was false. ", 1)[-1]
+            if " was false. " in text
+            else text.rsplit("Status Message: ", 1)[-1]
+        )
+        return f"{node.group(1)} node '{node.group(2)}': {tail[-200:]}"
+    return text[:300]
