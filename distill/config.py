@@ -256,6 +256,22 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def _merge_layer(raw: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``deep_merge``, except that a model's ``arch_params`` belong to its ``arch``: a layer's
+    ``arch_params`` replace the earlier ones whole, and naming another ``arch`` without them clears them
+    (the preset's half-width iResNet ``base_width`` must not reach a MobileFaceNet or a full-width file)."""
+    merged = deep_merge(raw, layer)
+    for section in ("teacher", "distill"):
+        sec = layer.get(section)
+        if not isinstance(sec, dict) or not isinstance(merged.get(section), dict):
+            continue
+        if "arch_params" in sec:
+            merged[section]["arch_params"] = copy.deepcopy(sec["arch_params"])
+        elif "arch" in sec and sec["arch"] != (raw.get(section) or {}).get("arch"):
+            merged[section]["arch_params"] = {}
+    return merged
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) file into a dict, with a one-line error on failure."""
     p = Path(path)
@@ -283,11 +299,11 @@ def load_config(
     """Defaults <- preset <- config file <- overrides, validated into a ``Config``."""
     if preset not in PRESETS:
         raise InputError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    raw = deep_merge(to_dict(Config()), PRESETS[preset])
+    raw = _merge_layer(to_dict(Config()), PRESETS[preset])
     if path:
-        raw = deep_merge(raw, read_config_file(path))
+        raw = _merge_layer(raw, read_config_file(path))
     if overrides:
-        raw = deep_merge(raw, overrides)
+        raw = _merge_layer(raw, overrides)
     try:
         return from_dict(Config, raw, "config")
     except InputError as exc:

@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage_help = {
         "all": "run every stage: data -> teacher -> distill -> qat -> export -> measure -> report",
         "teacher": "train the teacher on the data (or register the given ONNX/checkpoint teacher)",
+        "cache": "embed every training image and its mirror with the teacher, once (memory-mapped)",
         "distill": "cache teacher embeddings and distill the student (stage one)",
         "qat": "INT8 with NNCF: post-training quantization baseline, then quantization-aware "
         "distillation with the teacher still teaching (stage two)",

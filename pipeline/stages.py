@@ -717,6 +717,10 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
 
 def run_until(ctx: Context, last: str) -> None:
     """Run every stage up to and including ``last`` (earlier ones are skipped when current)."""
+    t = ctx.cfg.teacher
+    teacher_file = t.onnx or t.checkpoint
+    if STAGES.index(last) >= STAGES.index("teacher") and teacher_file and not Path(teacher_file).is_file():
+        raise InputError(f"{teacher_file}: teacher file not found")  # before minutes of data generation
     for name in STAGES[: STAGES.index(last) + 1]:
         force = ctx.force and name == last
         STAGE_FUNCS[name](Context(**{**ctx.__dict__, "force": force}))

@@ -217,6 +217,11 @@ def test_factory_errors():
 # ----------------------------------------------------------------------------- ONNX teacher
 
 
+class _Pool(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=(2, 3)).repeat(1, 6)
+
+
 class _Tiny(nn.Module):
     def __init__(self, dim=6):
         super().__init__()
@@ -285,8 +290,10 @@ def test_onnx_teacher_rejects_bad_files(tmp_path):
     with pytest.raises(InputError, match="junk.onnx: cannot load"):
         OnnxTeacher(junk)
     small = _export(_Tiny(), tmp_path / "small.onnx", shape=(1, 3, 64, 64))
-    with pytest.raises(InputError, match=r"small.onnx: teacher input 'input' has shape \['n', 3, 64, 64\]"):
-        OnnxTeacher(small)
+    assert OnnxTeacher(small).contract.size == 64  # another input size: the 112 crop is resized for it
+    grey = _export(_Pool(), tmp_path / "grey.onnx", shape=(1, 1, 112, 112))
+    with pytest.raises(InputError, match=r"grey.onnx: teacher input 'input' has shape \['n', 1, 112, 112\]"):
+        OnnxTeacher(grey)
     two = tmp_path / "two.onnx"
     torch.onnx.export(
         _TwoOut().eval(), (torch.randn(1, 3, 112, 112),), str(two), input_names=["input"],
