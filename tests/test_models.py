@@ -292,7 +292,8 @@ def test_onnx_teacher_rejects_bad_files(tmp_path):
     small = _export(_Tiny(), tmp_path / "small.onnx", shape=(1, 3, 64, 64))
     assert OnnxTeacher(small).contract.size == 64  # another input size: the 112 crop is resized for it
     grey = _export(_Pool(), tmp_path / "grey.onnx", shape=(1, 1, 112, 112))
-    with pytest.raises(InputError, match=r"grey.onnx: teacher input 'input' has shape \['n', 1, 112, 112\]"):
+    grey_msg = r"grey.onnx: teacher input 'input': has shape \['n', 1, 112, 112\], expected 3 colour"
+    with pytest.raises(InputError, match=grey_msg):
         OnnxTeacher(grey)
     two = tmp_path / "two.onnx"
     torch.onnx.export(
