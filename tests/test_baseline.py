@@ -154,3 +154,17 @@ def test_baseline_command_writes_a_reviewable_file(tmp_path, capsys):
     assert base["rows"][0]["latency"]["reference_ms"] == {"p50": 4.0, "p90": 5.0}
     assert "review and commit" in capsys.readouterr().out
     assert gate(run_results(), base).passed
+
+
+def test_pixel_floor_rule_only_for_rows_above_the_floor():
+    from pipeline.baseline import make_baseline
+
+    rows = [
+        {"name": "good", "target": "host", "measured_on": "host-cpu", "val_set": "v", "accuracy": 0.9},
+        {"name": "flat", "target": "host", "measured_on": "host-cpu", "val_set": "v", "accuracy": 0.6},
+    ]
+    b = make_baseline({"target": "host", "rows": rows, "floors": {"v": {"pixels": {"accuracy": 0.7}}}})
+    good, flat = b["rows"]
+    assert good["accuracy"]["above_pixel_floor"] is True
+    assert "above_pixel_floor" not in flat["accuracy"]
+    assert any("not above raw pixels (70.00 %)" in n for n in flat["notes"])

@@ -73,3 +73,28 @@ def test_every_preset_is_valid():
         cfg = load_config(preset=name)
         validate(cfg)
         assert to_dict(cfg)["distill"]["arch"] == "mobilefacenet"
+
+
+def test_arch_params_belong_to_their_arch(tmp_path):
+    from distill.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher:\n  arch: mobilefacenet\n  checkpoint: x.pth\n")
+    assert load_config(cfg).teacher.arch_params == {}  # the default's iResNet base_width is not carried
+    cfg.write_text("teacher:\n  arch: iresnet50\n  arch_params: {dropout: 0.1}\n")
+    assert load_config(cfg, preset="tiny").teacher.arch_params == {"dropout": 0.1}  # replaced, not merged
+    assert load_config(None, preset="tiny").teacher.arch_params == {"base_width": 8}
+
+
+def test_teacher_input_needs_a_teacher_file(tmp_path):
+    from distill.config import load_config, validate
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("teacher:\n  input: {mean: 0, std: 1}\n")
+    with pytest.raises(InputError, match="teacher.input: describes how to feed a teacher file"):
+        validate(load_config(cfg))
+    cfg.write_text("teacher:\n  onnx: a.onnx\n  checkpoint: b.pth\n")
+    with pytest.raises(InputError, match="not both"):
+        validate(load_config(cfg))
+    cfg.write_text("teacher:\n  onnx: a.onnx\n  input: {layout: NHWC, mean: [0, 0, 0], std: 1, size: 224}\n")
+    validate(load_config(cfg))  # a full contract is valid config

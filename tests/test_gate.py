@@ -344,3 +344,21 @@ def test_gate_refuses_an_artifact_changed_after_measurement(tmp_path):
         _cli(argv)
     artifact.unlink()  # results copied to another machine: gated on the numbers alone
     assert _cli(argv) == 0
+
+
+def test_pixel_floor_rule_fails_a_model_no_better_than_raw_pixels():
+    base = base_row()
+    base["accuracy"]["above_pixel_floor"] = True
+    res = results(result_row(accuracy=0.895))
+    res["floors"] = {"v": {"pixels": {"accuracy": 0.80}, "teacher": 0.95}}
+    ok = gate(res, baseline(base))
+    assert ok.passed and len(ok.rules) == N_RULES + 1
+    rule = next(r for r in ok.rules if r.name.endswith("pixel_floor"))
+    assert rule.expected == "> 80.00 %" and rule.actual == "89.50 %"
+    res["floors"]["v"]["pixels"]["accuracy"] = 0.895  # level with the pixels is not above them
+    bad = failed(gate(res, baseline(base)))
+    assert set(bad) == {("accuracy", "pixel_floor")}
+    msg = bad[("accuracy", "pixel_floor")].message
+    assert "not above raw pixels compared by cosine (89.50 % on v)" in msg
+    del res["floors"]  # results without floors cannot pass a floor rule silently
+    assert "no pixel floor" in failed(gate(res, baseline(base)))[("accuracy", "pixel_floor")].message

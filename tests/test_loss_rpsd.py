@@ -258,3 +258,33 @@ def test_bad_knobs_raise_input_error():
         RPSDLoss(dims, loss="kl", tau_r=0)
     with pytest.raises(ValueError, match="teacher"):
         RPSDLoss(LossDims(3, None, 2))
+
+
+def test_label_free_mining_takes_the_teacher_nearest_entries_whatever_their_label():
+    sim = torch.tensor([[0.9, 0.1, 0.8, 0.3], [0.2, 0.7, 0.1, 0.6]])
+    same_label = torch.tensor([1, 1, 1, 1])
+    with_labels = mine_bank(sim, torch.tensor([1, 2]), same_label, k_neg=2)
+    assert with_labels[0].all() and with_labels[1].tolist() == [False, True, False, True]
+    free = mine_bank(sim, None, None, k_neg=2)  # hand-picked: the two largest per row
+    assert free.tolist() == [[True, False, True, False], [False, True, False, True]]
+
+
+def test_rpsd_without_labels_ignores_them():
+    torch.manual_seed(0)
+    dims = LossDims(student_dim=4, teacher_dim=6, num_classes=3)
+    s, t = torch.randn(5, 4), torch.randn(5, 6)
+    losses = []
+    projector = RPSDLoss(dims, bank_size=8).projector.state_dict()
+    for labels in (torch.tensor([0, 0, 1, 1, 2]), torch.tensor([2, 1, 0, 2, 1])):
+        term = RPSDLoss(dims, bank_size=8, k_neg=2, use_labels=False)
+        term.projector.load_state_dict(projector)
+        term.train()
+        term(LossInputs(student=s, labels=labels, teacher=t, step=0))  # fills the bank
+        losses.append(term(LossInputs(student=s, labels=labels, teacher=t, step=1)))
+    torch.testing.assert_close(losses[0], losses[1])
+    labelled = RPSDLoss(dims, bank_size=8, k_neg=2)  # with labels the same inputs give another loss
+    labelled.projector.load_state_dict(projector)
+    labelled.train()
+    labelled(LossInputs(student=s, labels=torch.tensor([0, 0, 1, 1, 2]), teacher=t, step=0))
+    other = labelled(LossInputs(student=s, labels=torch.tensor([0, 0, 1, 1, 2]), teacher=t, step=1))
+    assert not torch.allclose(other, losses[0])

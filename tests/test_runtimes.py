@@ -195,3 +195,29 @@ def test_load_embedder_dispatch(net, onnx_paths, tmp_path, monkeypatch):
     assert isinstance(emb, TorchEmbedder) and emb.name == "student.pt" and calls == [ckpt]
     x = images(2, seed=5)
     np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-5, atol=1e-5)
+
+
+class _ChannelLast(nn.Module):
+    """A converted-from-TensorFlow style graph: NHWC input, transposed inside."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 3, 1, 2))
+
+
+def test_nhwc_onnx_embeds_nchw_input_like_the_model(net, tmp_path):
+    path = tmp_path / "nhwc.onnx"
+    torch.onnx.export(
+        _ChannelLast(net).eval(), (torch.randn(1, 112, 112, 3),), str(path), input_names=["x"],
+        dynamic_axes={"x": {0: "n"}}, dynamo=False,
+    )  # fmt: skip
+    e = OnnxEmbedder(path, num_threads=1)
+    assert e.input_chw == (3, 112, 112) and e.batch_size is None
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(e.embed(x), want, rtol=1e-4, atol=1e-4)
+    assert e.latency_input(1).shape == (1, 112, 112, 3)  # timed in the file's own layout
