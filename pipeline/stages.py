@@ -206,7 +206,9 @@ def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
     from distill.evaluation import evaluate_sets
 
     _, vals = load_data(ctx)
-    return evaluate_sets(lambda x: teacher.embed(x).numpy(), vals, flip=ctx.cfg.measure.flip)
+    return evaluate_sets(
+        lambda x: teacher.embed(x).numpy(), vals, flip=ctx.cfg.measure.flip, progress=ctx.progress
+    )
 
 
 def teacher_descriptor(ctx: Context) -> dict[str, Any]:
