@@ -56,7 +56,7 @@ def _stage_seconds(out: Path) -> dict[str, float]:
 
 
 def _accuracy(embedder: Any, sets: list[Any]) -> dict[str, Any]:
-    from devices.measure import accuracy_fields
+    from devices.accuracy import accuracy_fields
 
     per_set = accuracy_fields(embedder, sets, flip=True)["sets"]
     return {

@@ -91,7 +91,7 @@ def quantization_aware_distill(
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
         # batch 32, as the measure stage: fake-quant outputs move with the batch size (oneDNN picks other
         # kernels, and values at a rounding boundary flip), by up to ~0.6 points of accuracy here
-        return summary_metrics(evaluate_sets(torch_embed_fn(model), val_sets, flip=flip_eval, batch_size=32))
+        return summary_metrics(evaluate_sets(torch_embed_fn(model), val_sets, flip=flip_eval))
 
     job = TrainJob(
         name="qat",

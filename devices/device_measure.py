@@ -8,7 +8,7 @@ with p50/p90/p99/mean, ``latency_settings``, ``measured_on``), plus where each n
   when it cannot (a stock phone) - then ``accuracy_note`` says so;
 * ``raw_logs``: the tool outputs kept in the run folder.
 
-Accuracy reuses ``devices.measure.accuracy_fields`` unchanged: a first pass collects the exact batches
+Accuracy reuses ``devices.accuracy.accuracy_fields`` unchanged: a first pass collects the exact batches
 it will feed (same preprocessing, flips and batch size) and sends them to the device in chunks; the
 second pass replays the device's embeddings batch by batch, each matched by a hash of its input, so
 the metrics are computed by the same code as every host row.
@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from devices.accuracy import HOST_LABEL, accuracy_fields
 from devices.catalogue import Device
-from devices.measure import HOST_LABEL, accuracy_fields
 from devices.runners.base import AccuracyUnavailable, Runner
-
-ACCURACY_BATCH = 32  # the batch accuracy_fields embeds with; the replay checks every batch anyway
+from distill.evaluation import EVAL_BATCH
 
 
 @dataclass
@@ -106,7 +105,7 @@ class _Replay:
         if key not in self.embeddings:
             raise RuntimeError(
                 "device accuracy: accuracy_fields asked for a batch the device did not embed "
-                f"(batch of {x.shape[0]}); did its batch size change from {ACCURACY_BATCH}?"
+                f"(batch of {x.shape[0]}); did its batch size change from {EVAL_BATCH}?"
             )
         return self.embeddings[key]
 
@@ -117,7 +116,7 @@ def device_accuracy(runner: Runner, sets: list, flip: bool, chunk_images: int = 
 
     batches = _DeviceBatches(runner, chunk_images)
     for vs in sets:
-        embed_pairs(batches, vs.images, batch_size=ACCURACY_BATCH, flip=flip)
+        embed_pairs(batches, vs.images, batch_size=EVAL_BATCH, flip=flip)
     batches.flush()
     fields = accuracy_fields(_Replay(batches.embeddings), sets, flip)
     fields["accuracy_runtime"] = batches.runtime

@@ -7,7 +7,6 @@ host number passed off as a device number.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -15,79 +14,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from deploy.runtimes import Embedder, load_embedder
+from deploy.runtimes import load_embedder
+from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
 from devices.latency import measure_embedder_latency
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
-from distill.metrics.verification import embed_pairs, evaluate_verification, fuse_embeddings
 
-HOST_LABEL = "host-cpu"
 HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, LiteRT interpreter)
-
-
-def host_description() -> str:
-    return f"{platform.machine()} {platform.processor() or ''}".strip()
-
-
-def accuracy_fields(embedder: Embedder, sets: list[VerificationSet], flip: bool) -> dict[str, Any]:
-    """Verification metrics of an artifact; the first set is the headline, all sets are kept."""
-    import torch
-
-    def embed(x: torch.Tensor):
-        return embedder.embed(x.numpy())
-
-    per_set = {}
-    for vs in sets:
-        emb, emb_flip = embed_pairs(embed, vs.images, batch_size=32, flip=flip)
-        r = evaluate_verification(emb, emb_flip, vs.issame)
-        per_set[vs.name] = {
-            "cosine": pair_cosines(emb, emb_flip, vs.issame),
-            "accuracy": r.accuracy,
-            "accuracy_std": r.accuracy_std,
-            "tar_at_far": r.tar_at_far,
-            "tar_not_computable": r.tar_not_computable,
-            "roc_auc": r.roc_auc,
-            "eer": r.eer,
-            "pairs": r.num_pairs,
-            "roc": {"fpr": _thin(r.roc[0]), "tpr": _thin(r.roc[1])},
-        }
-    head = per_set[sets[0].name]
-    return {
-        "val_set": sets[0].name,
-        "accuracy": head["accuracy"],
-        "accuracy_std": head["accuracy_std"],
-        "tar_at_far": head["tar_at_far"],
-        "sets": per_set,
-    }
-
-
-def pair_cosines(emb: Any, emb_flip: Any, issame: Any) -> dict[str, float | None]:
-    """Genuine and impostor cosine summaries: on a handful of pairs they say more than an accuracy."""
-    import numpy as np
-
-    fused = fuse_embeddings(emb, emb_flip)
-    cos = np.einsum("ij,ij->i", fused[0::2], fused[1::2])
-    same = np.asarray(issame, dtype=bool)
-
-    def stat(values: Any, fn: Any) -> float | None:
-        return round(float(fn(values)), 6) if values.size else None
-
-    return {
-        "genuine_mean": stat(cos[same], np.mean),
-        "genuine_min": stat(cos[same], np.min),
-        "impostor_mean": stat(cos[~same], np.mean),
-        "impostor_max": stat(cos[~same], np.max),
-    }
-
-
-def _thin(values: Any, max_points: int = 200) -> list[float]:
-    """Keep ROC curves plot-sized in results.json."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    if v.size > max_points:
-        v = v[np.linspace(0, v.size - 1, max_points).round().astype(int)]
-    return [round(float(x), 6) for x in v]
 
 
 def measure_on_host(

@@ -13,6 +13,9 @@ from distill.data.verification_bin import VerificationSet
 from distill.metrics.verification import VerificationResult, embed_pairs, evaluate_verification
 
 EmbedFn = Callable[[torch.Tensor], np.ndarray]
+# The one batch size every verification figure is computed at (training evaluations, QAT, the measure
+# stage, a device's replayed embeddings, model-card thresholds): fake-quant accuracy moves with it.
+EVAL_BATCH = 32
 
 
 def torch_embed_fn(model: torch.nn.Module, device: torch.device | None = None) -> EmbedFn:
@@ -30,9 +33,13 @@ def evaluate_sets(
     embed: EmbedFn,
     sets: list[VerificationSet],
     flip: bool = True,
-    batch_size: int = 64,
+    batch_size: int = EVAL_BATCH,
     progress: bool = False,
 ) -> dict[str, VerificationResult]:
+    """Verification metrics of any embedding function on each set: the one evaluation path.
+
+    ``embed`` takes the project's normalised NCHW batch (torch) and returns (B, D) embeddings.
+    """
     results = {}
     for vs in sets:
         emb, emb_flip = embed_pairs(embed, vs.images, batch_size=batch_size, flip=flip, progress=progress)

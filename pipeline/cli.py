@@ -302,7 +302,7 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from devices.measure import accuracy_fields
+    from devices.accuracy import accuracy_fields
     from distill.data.faces import open_verification
     from distill.evaluation import pixel_floor
 

@@ -458,10 +458,10 @@ def _thresholds(model: Any, val: Any) -> dict[str, Any]:
     Computed with the PyTorch model the artifacts were checked against (cosine >= parity threshold).
     """
     from deploy.model_card import fused_pairs, threshold_table
-    from distill.evaluation import torch_embed_fn
+    from distill.evaluation import EVAL_BATCH, torch_embed_fn
     from distill.metrics.verification import embed_pairs
 
-    emb, emb_flip = embed_pairs(torch_embed_fn(model), val.images, batch_size=64, flip=True)
+    emb, emb_flip = embed_pairs(torch_embed_fn(model), val.images, batch_size=EVAL_BATCH, flip=True)
     a, b = fused_pairs(emb, emb_flip)
     return threshold_table(a, b, val.issame, measured_on=f"{val.name} (PyTorch reference of these artifacts)")
 
@@ -630,7 +630,7 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[dict[str, Any]]:
     Their latency is not reported: fake quantization runs in float and says nothing about INT8 speed.
     """
     from deploy.runtimes import load_embedder
-    from devices.measure import HOST_LABEL, accuracy_fields
+    from devices.accuracy import HOST_LABEL, accuracy_fields
     from pipeline.runfolder import sha256_file
 
     rows = []

@@ -20,8 +20,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from devices.accuracy import accuracy_fields
 from devices.device_measure import measure_on_device
-from devices.measure import accuracy_fields
 from devices.runners.base import DeviceError, DeviceTimeout, DeviceUnreachable, HostKeyError
 from devices.runners.ssh import (
     SshClient,
