@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from distill.atomic import atomic_path, json_default, write_json
 from distill.data.transforms import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD
 from distill.errors import InputError
+from distill.metrics.verification import false_accepts_allowed, min_negatives
 
 SCHEMA = "facekd.model_card/1"
 METADATA_NAME = "facekd_model_card"
@@ -76,13 +76,6 @@ def pair_cosines(emb_a: np.ndarray, emb_b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b) / np.where(norms == 0, 1.0, norms)
 
 
-def min_negatives(far: float) -> int:
-    """Fewest negative pairs that can resolve ``far`` (one false accept among 1/far pairs)."""
-    if not 0 < far < 1:
-        raise ValueError(f"far must be in (0, 1), got {far}")
-    return math.ceil(round(1.0 / far, 9))
-
-
 def cosine_threshold_at_far(
     emb_a: np.ndarray, emb_b: np.ndarray, issame: np.ndarray, far: float
 ) -> float | None:
@@ -100,7 +93,7 @@ def cosine_threshold_at_far(
     negatives = np.sort(cos[~same])[::-1]
     if negatives.size < min_negatives(far):
         return None
-    allowed = math.floor(far * negatives.size + 1e-9)
+    allowed = false_accepts_allowed(far, negatives.size)
     return float(negatives[allowed])
 
 

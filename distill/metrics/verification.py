@@ -180,6 +180,18 @@ def _eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(fpr[i - 1] + alpha * (fpr[i] - fpr[i - 1]))
 
 
+def min_negatives(far: float) -> int:
+    """Fewest negative pairs that can resolve ``far`` (one false accept among 1/far pairs)."""
+    if not 0 < far < 1:
+        raise ValueError(f"far must be in (0, 1), got {far}")
+    return math.ceil(round(1.0 / far, 9))
+
+
+def false_accepts_allowed(far: float, n_neg: int) -> int:
+    """False accepts permitted at ``far`` among ``n_neg`` negatives: ``floor(far * n_neg)``."""
+    return math.floor(far * n_neg + 1e-9)
+
+
 def _tar_at_far(
     fps: np.ndarray, tps: np.ndarray, n_pos: int, n_neg: int, far_targets: tuple[float, ...]
 ) -> tuple[dict[str, float | None], list[str]]:
@@ -187,7 +199,7 @@ def _tar_at_far(
     reasons: list[str] = []
     for far in far_targets:
         key = str(far)
-        need = math.ceil(round(1.0 / far, 9))
+        need = min_negatives(far)
         if n_pos == 0:
             tar[key] = None
             reasons.append(f"TAR@FAR={key}: no positive pairs")
@@ -195,7 +207,7 @@ def _tar_at_far(
             tar[key] = None
             reasons.append(f"TAR@FAR={key}: too few negative pairs ({n_neg}; need at least {need} = 1/far)")
         else:
-            allowed = math.floor(far * n_neg + 1e-9)  # false accepts permitted at this FAR
+            allowed = false_accepts_allowed(far, n_neg)
             tar[key] = float(tps[fps <= allowed].max() / n_pos)
     return tar, reasons
 
