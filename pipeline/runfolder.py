@@ -126,13 +126,24 @@ class RunFolder:
 
     # -- running ------------------------------------------------------------------------------
     def is_current(self, name: str, key: str) -> bool:
+        """Same key, and every output has the content it was written with.
+
+        Content is compared by sha256, hashed again only when a file's size or mtime moved since it was
+        written (an edit that keeps the size is seen; an untouched multi-GB cache is not re-read).
+        """
         rec = self.record(name)
         if rec is None or rec.get("key") != key:
             return False
         folder = self.stage_dir(name)
-        for rel in rec["outputs"]:
+        mtimes = rec.get("mtimes") or {}
+        for rel, digest in rec["outputs"].items():
             p = folder / rel
-            if not p.exists() or p.stat().st_size != rec["sizes"][rel]:
+            if not p.is_file():
+                return False
+            st = p.stat()
+            if st.st_size != rec["sizes"][rel]:
+                return False
+            if mtimes.get(rel) != st.st_mtime_ns and sha256_file(p) != digest:
                 return False
         return True
 
@@ -206,13 +217,14 @@ class RunFolder:
         log: Callable[[str], None],
     ) -> None:
         seconds = time.time() - started
-        outputs, sizes = {}, {}
+        outputs, sizes, mtimes = {}, {}, {}
         for rel in outcome.files:
             p = work / rel
             if not p.is_file():
                 raise RuntimeError(f"stage '{name}' declared output '{rel}' but did not write it")
             outputs[rel] = sha256_file(p)
             sizes[rel] = p.stat().st_size
+            mtimes[rel] = p.stat().st_mtime_ns  # a rename keeps it
         for marker in (".stage-key", ".resumed"):
             (work / marker).unlink(missing_ok=True)
         final = self.stage_dir(name)
@@ -225,6 +237,7 @@ class RunFolder:
             "inputs": key_material,
             "outputs": outputs,
             "sizes": sizes,
+            "mtimes": mtimes,
             "metrics": outcome.metrics,
             "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
             "seconds": round(seconds, 2),

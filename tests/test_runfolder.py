@@ -97,3 +97,25 @@ def test_fingerprint_is_the_sha256_for_normal_files(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert fingerprint(p) == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_a_same_size_edit_is_seen_and_a_touch_alone_is_not(tmp_path, monkeypatch):
+    import os
+
+    import pipeline.runfolder as rf
+
+    run, calls = RunFolder(tmp_path), []
+    run.run("s", {"a": 1}, writer(calls), log=lambda m: None)
+    out = tmp_path / "s" / "out.txt"
+    hashed = []
+    real = rf.sha256_file
+    monkeypatch.setattr(rf, "sha256_file", lambda p: hashed.append(p) or real(p))
+    run.run("s", {"a": 1}, writer(calls), log=lambda m: None)
+    assert len(calls) == 1 and hashed == []  # untouched: not even re-read
+    st = out.stat()
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # touched, same content
+    run.run("s", {"a": 1}, writer(calls), log=lambda m: None)
+    assert len(calls) == 1 and hashed == [out]  # re-hashed once, still current
+    out.write_text("jello")  # same size, other content
+    run.run("s", {"a": 1}, writer(calls), log=lambda m: None)
+    assert len(calls) == 2 and out.read_text() == "hello"
