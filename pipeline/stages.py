@@ -160,7 +160,8 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
             return StageOutcome(["teacher.json"], info)
     else:
         trained_fields = {k: v for k, v in asdict(t).items() if k not in ("input", "allow_chance")}
-        key = {"teacher_cfg": config_hash(trained_fields), **_data_key(ctx)}
+        # measure.flip decides how its evaluations fuse embeddings: part of what it writes
+        key = {"teacher_cfg": config_hash(trained_fields), "flip": ctx.cfg.measure.flip, **_data_key(ctx)}
 
         def fn(work: Path) -> StageOutcome:
             from distill.fit import fit_model
@@ -265,7 +266,7 @@ def stage_cache(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- distill
 def stage_distill(ctx: Context) -> dict[str, Any]:
     s = ctx.cfg.distill
-    key = {"distill_cfg": config_hash(s), **_upstream(ctx, "data", "cache")}
+    key = {"distill_cfg": config_hash(s), "flip": ctx.cfg.measure.flip, **_upstream(ctx, "data", "cache")}
 
     def fn(work: Path) -> StageOutcome:
         from distill.engine.train import TeacherTargets
@@ -316,7 +317,7 @@ def teacher_head(ctx: Context) -> Any:
 def stage_qat(ctx: Context) -> dict[str, Any]:
     """Stage two: NNCF INT8 (PTQ baseline, then quantization-aware distillation with the teacher)."""
     q = ctx.cfg.qat
-    key = {"qat_cfg": config_hash(q), **_upstream(ctx, "distill", "cache")}
+    key = {"qat_cfg": config_hash(q), "flip": ctx.cfg.measure.flip, **_upstream(ctx, "distill", "cache")}
 
     def fn(work: Path) -> StageOutcome:
         if not q.enabled:
