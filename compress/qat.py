@@ -40,9 +40,9 @@ class QatOutcome:
 def quantization_aware_distill(
     *,
     student_path: Path,
-    expected_arch: str,
     cfg: QatConfig,
-    stage_one_losses: list[LossSpec],
+    expected_arch: str | None = None,
+    stage_one_losses: list[LossSpec] | None = None,
     dataset: Any,
     val_sets: list[VerificationSet],
     out_dir: Path,
@@ -53,9 +53,14 @@ def quantization_aware_distill(
     progress: bool = True,
     stop_after_step: int = 0,
 ) -> QatOutcome:
-    """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``."""
+    """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``.
+
+    Everything about the student (architecture, the loss terms stage one trained it with) is read from
+    its checkpoint, not from another stage's settings; ``expected_arch`` and ``stage_one_losses`` only
+    override or check that for callers that have them.
+    """
     fp32, meta = load_model(student_path)
-    if meta["arch"] != expected_arch:
+    if expected_arch is not None and meta["arch"] != expected_arch:
         raise InputError(
             f"{student_path}: fp32 checkpoint is a '{meta['arch']}', but the config's student is "
             f"'{expected_arch}' (distill.arch)"
@@ -76,7 +81,12 @@ def quantization_aware_distill(
             )
     qmodel, _ = load_quantized(ptq_path)
 
+    if stage_one_losses is None:
+        recorded = (meta.get("extra") or {}).get("losses") or []
+        stage_one_losses = [LossSpec(**spec) for spec in recorded]
     specs = cfg.losses or stage_one_losses
+    if not specs:
+        raise InputError(f"{student_path}: no qat.losses given and the checkpoint records no stage-one loss")
     embedding_dim = int(arch_kwargs.get("embedding_dim", 128))
     dims = LossDims(
         student_dim=embedding_dim,

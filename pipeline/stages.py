@@ -330,10 +330,8 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         train, vals = load_data(ctx)
         plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
         outcome = quantization_aware_distill(
-            student_path=ctx.run.stage_dir("distill") / "student.pt",
-            expected_arch=ctx.cfg.distill.arch,
+            student_path=ctx.run.stage_dir("distill") / "student.pt",  # arch and stage-one losses inside
             cfg=q,
-            stage_one_losses=ctx.cfg.distill.losses,
             dataset=train,
             val_sets=vals,
             out_dir=work,
@@ -343,7 +341,9 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
             workers=ctx.cfg.data.workers,
             progress=ctx.progress,
         )
-        metrics = {"enabled": True, **outcome.metrics}
+        # what export needs to re-calibrate the INT8 .tflite the same way, so it never reads qat settings
+        calibration = {"images": q.calibration_images, "seed": q.train.seed}
+        metrics = {"enabled": True, "calibration": calibration, **outcome.metrics}
         write_json(work / "qat.json", metrics)
         return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json"], metrics)
 
@@ -434,10 +434,13 @@ def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, va
     from deploy.artifacts import parity_batch
     from deploy.int8_artifacts import export_int8_artifacts
 
-    q, e = ctx.cfg.qat, ctx.cfg.export
+    e = ctx.cfg.export
     qat_path = ctx.run.stage_dir("qat") / "qat.pt"
     qmodel, _ = load_quantized(qat_path)
-    calib = calibration_batches(train, q.calibration_images, 1, q.train.seed)
+    recorded = json.loads((ctx.run.stage_dir("qat") / "qat.json").read_text()).get("calibration")
+    if not recorded:  # a qat stage from before it recorded its calibration: run it again
+        raise InputError(f"{ctx.run.root}: qat/qat.json lacks 'calibration'; re-run with: qat --force")
+    calib = calibration_batches(train, int(recorded["images"]), 1, int(recorded["seed"]))
     return export_int8_artifacts(
         qmodel,
         float_model(qat_path),
