@@ -310,6 +310,16 @@ def load_config(
         raise InputError(f"{path}: {exc}" if path else str(exc)) from None
 
 
+def config_from_layers(preset: str, layers: list[dict[str, Any]]) -> Config:
+    """Defaults <- preset <- each config layer in order: how a run folder rebuilds its settings."""
+    if preset not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    raw = _merge_layer(to_dict(Config()), PRESETS[preset])
+    for layer in layers:
+        raw = _merge_layer(raw, layer)
+    return from_dict(Config, raw, "config")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

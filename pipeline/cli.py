@@ -32,7 +32,11 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
         default="runs/demo",
         help="run folder (created; re-runs skip stages whose inputs did not change) [default: runs/demo]",
     )
-    p.add_argument("--config", help="YAML or TOML config file (overrides the preset)")
+    p.add_argument(
+        "--config",
+        help="YAML or TOML config file (overrides the preset); on an existing run folder it adds to the "
+        "run's earlier settings (run.json keeps the preset, target and every config given)",
+    )
     p.add_argument(
         "--preset",
         default=None,
@@ -47,7 +51,12 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
             help="deployment target: chooses the artifact formats and where latency is measured "
             "[default: host]",
         )
-    p.add_argument("--force", action="store_true", help="re-run the named stage even if it is up to date")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run the named stage even if it is up to date; also allow settings that replace this "
+        "run's artifacts (another --target, qat.enabled: false)",
+    )
     p.add_argument(
         "--allow-parity-failure",
         action="store_true",
@@ -223,25 +232,33 @@ def _context(args: argparse.Namespace) -> Any:
     """Config and target for a run folder; a stage re-run without flags reuses the folder's settings."""
     from devices.connect import DeviceConnection
     from distill.atomic import write_json
-    from distill.config import Config, from_dict, load_config, to_dict, validate
-    from pipeline.runfolder import RunFolder
+    from distill.config import Config, config_from_layers, from_dict, read_config_file, to_dict, validate
+    from pipeline.runfolder import RunFolder, refuse_discarding
     from pipeline.stages import Context
 
     run = RunFolder(args.out)
     saved = run.root / "run.json"
-    if saved.exists() and not args.config and not args.preset:
-        stored = json.loads(saved.read_text())
-        cfg = from_dict(Config, stored["config"], str(saved))
-        target = args.target or stored["target"]
+    stored = json.loads(saved.read_text()) if saved.exists() else None
+    layers = list((stored or {}).get("layers") or [])
+    if args.config:  # a new config adds to what the run already had
+        layers.append(read_config_file(args.config))
+    preset = args.preset or (stored or {}).get("preset") or "default"
+    if stored is not None and "layers" not in stored and not args.config and not args.preset:
+        cfg = from_dict(Config, stored["config"], str(saved))  # a run folder from before layers were kept
     else:
-        cfg = load_config(args.config, preset=args.preset or "default")
-        target = args.target or "host"
+        try:
+            cfg = config_from_layers(preset, layers)
+        except InputError as exc:
+            raise InputError(f"{args.config}: {exc}" if args.config else str(exc)) from None
+    target = args.target or (stored or {}).get("target") or "host"
     validate(cfg)
     from devices.targets import get_target
 
     get_target(target)
+    if stored is not None and not args.force:
+        refuse_discarding(run.root, stored, target, cfg)
     run.root.mkdir(parents=True, exist_ok=True)
-    info = {"config": to_dict(cfg), "target": target, "preset": args.preset}
+    info = {"config": to_dict(cfg), "target": target, "preset": preset, "layers": layers}
     write_json(saved, info)
     run.describe(info)
     return Context(

@@ -63,14 +63,19 @@ def test_rerun_skips_current_stages_and_reruns_changed_ones(host_run, capsys, tm
         assert f"[{stage}] up to date, skipped" in out
     cfg = tmp_path / "change.yaml"
     cfg.write_text("measure:\n  runs: 7\n")
-    assert (
-        main(["measure", "--preset", "tiny", "--config", str(cfg), "--out", str(host_run), "--no-progress"])
-        == 0
-    )
+    # no --preset: the run keeps its own (tiny), and the new config adds to the run's settings
+    assert main(["measure", "--config", str(cfg), "--out", str(host_run), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "[distill] up to date, skipped" in out and "[measure] running" in out
+    assert "[data] up to date, skipped" in out and "[distill] up to date, skipped" in out
+    assert "[measure] running" in out
     rows = json.loads((host_run / "results.json").read_text())["rows"]
     assert rows[0]["latency_settings"]["runs"] == 7
+    run = json.loads((host_run / "run.json").read_text())
+    assert run["preset"] == "tiny" and run["target"] == "host" and run["layers"] == [{"measure": {"runs": 7}}]
+    cfg.write_text("measure:\n  warmup: 1\n")  # a second config adds to the first
+    assert main(["measure", "--config", str(cfg), "--out", str(host_run), "--no-progress"]) == 0
+    run = json.loads((host_run / "run.json").read_text())
+    assert run["config"]["measure"]["runs"] == 7 and run["config"]["measure"]["warmup"] == 1
 
 
 def test_evaluate_command_matches_the_measured_row(host_run, capsys):
@@ -295,3 +300,25 @@ def test_sh_kd_recipe_trains_the_teacher_through_the_students_frozen_head(tmp_pa
     # the teacher's classifier IS the step-1 student's head, unchanged by the teacher's training
     assert torch.equal(teacher["extra"]["head_weight"], student["extra"]["head_weight"])
     assert (step2 / "distill" / "student.pt").is_file()
+
+
+def test_settings_that_would_delete_artifacts_need_force(tmp_path, capsys):
+    """A run folder with android artifacts: another target or stage two off would replace them."""
+    from distill.config import PRESETS, Config, deep_merge, to_dict
+
+    out = tmp_path / "android"
+    (out / "export").mkdir(parents=True)
+    files = ["student_fp32.tflite", "student_int8.tflite"]
+    (out / "export" / "artifacts.json").write_text(json.dumps({"artifacts": [{"file": f} for f in files]}))
+    config = deep_merge(to_dict(Config()), PRESETS["tiny"])
+    stored = {"config": config, "target": "android", "preset": "tiny", "layers": [{"qat": {"enabled": True}}]}
+    (out / "run.json").write_text(json.dumps(stored))
+    assert main(["export", "--out", str(out), "--target", "jetson", "--no-progress"]) == 2
+    line = _one_error_line(capsys)
+    assert "artifacts are for --target android (student_fp32.tflite, student_int8.tflite)" in line
+    assert "--force" in line
+    off = tmp_path / "off.yaml"
+    off.write_text("qat:\n  enabled: false\n")
+    assert main(["export", "--out", str(out), "--config", str(off), "--no-progress"]) == 2
+    assert "would delete the INT8 artifacts (student_int8.tflite)" in _one_error_line(capsys)
+    assert json.loads((out / "run.json").read_text()) == stored  # refused: nothing recorded
