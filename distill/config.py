@@ -108,7 +108,7 @@ class TeacherConfig:
     allow_chance: bool = False
     arch: str = "iresnet18"
     embedding_dim: int = 512
-    # base_width 32 = half the published iResNet width: the teacher the 15-minute CPU budget affords.
+    # base_width 32 = half the published iResNet width: a teacher a 2-core CPU trains in about 5 minutes.
     arch_params: dict[str, Any] = field(default_factory=lambda: {"base_width": 32})
     # CosFace s=32, m=0.3 converges within one short CPU epoch (88.5% vs 81% for ArcFace s=64, m=0.5).
     losses: list[LossSpec] = field(
@@ -192,7 +192,8 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults. "default" fits the 15-minute CPU budget; "tiny" is for tests.
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (23 min on 2 cores at its last
+# timing, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real data.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "tiny": {

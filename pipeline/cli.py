@@ -40,7 +40,7 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="size preset: default (<=15 min on a 2-core CPU), tiny "
+        help="size preset: default (the CPU recipe, about 23 min on 2 cores), tiny "
         "(smoke test), gpu (real data on a GPU box)",
     )
     if target:

@@ -11,7 +11,7 @@ logits; that term is available here with ``kl_weight > 0`` (default 0: the face 
 so its face weights are unknown). Use it next to the student's own ``arcface`` term.
 
 SH-KD (student-head KD, a "student-aware" teacher), ``StudentHeadLoss`` (``student_head``), is a
-two-run recipe (README, "SH-KD"):
+two-run recipe (docs/distillation.md, "SH-KD"):
 
 1. Train a student normally (any run: its checkpoint keeps the trained margin head ``W_s``, C x D_s).
 2. Train the teacher with ``student_head`` as its only loss, pointing at that checkpoint: the frozen
