@@ -16,7 +16,7 @@ from distill.errors import InputError
 EPILOG = """\
 examples:
   python -m pipeline all --target jetson --out runs/demo     # whole chain on generated data
-  python -m pipeline all --preset tiny --out runs/smoke       # seconds-long smoke run
+  python -m pipeline all --preset tiny --out runs/smoke       # smoke run (a few minutes)
   python -m pipeline distill --out runs/demo                  # one stage (earlier ones skipped if current)
   python -m pipeline data synth --out data/synth              # only generate the synthetic data set
   python -m pipeline data info data/synth/train.rec --json
