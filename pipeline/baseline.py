@@ -29,6 +29,7 @@ from pipeline.gate import BASELINE_VERSION, PERCENTILES, check_baseline, check_r
 class Tolerances:
     accuracy_max_drop: float = 0.005
     accuracy_std_k: float = 0.5
+    accuracy_binomial_k: float = 2.0  # drop allowance >= k binomial sd of the accuracy on the set's pairs
     accuracy_floor: float | None = None
     tar_max_drop: float = 0.02
     tar_floor: float | None = None
@@ -59,6 +60,9 @@ def _row_baseline(
             rule["reference_std"] = float(std)
             rule["use_std"] = tol.accuracy_std_k
         rule["max_drop"] = tol.accuracy_max_drop
+        pairs = ((row.get("sets") or {}).get(row.get("val_set")) or {}).get("pairs")
+        if isinstance(pairs, int) and pairs > 0 and tol.accuracy_binomial_k > 0:
+            rule["pairs"], rule["binomial_k"] = pairs, tol.accuracy_binomial_k
         if tol.accuracy_floor is not None:
             rule["floor"] = tol.accuracy_floor
         pixels = (((floors or {}).get(row.get("val_set")) or {}).get("pixels") or {}).get("accuracy")
@@ -118,7 +122,7 @@ def make_baseline(results: dict[str, Any], tolerances: Tolerances | None = None)
             raise InputError(f"latency percentile {p!r} unknown; choose from {list(PERCENTILES)}")
     if tol.latency_max_increase_pct < 0 or tol.size_max_increase_pct < 0:
         raise InputError("tolerances: percentages must be >= 0")
-    for name in ("accuracy_max_drop", "tar_max_drop", "accuracy_std_k"):
+    for name in ("accuracy_max_drop", "tar_max_drop", "accuracy_std_k", "accuracy_binomial_k"):
         if getattr(tol, name) < 0:
             raise InputError(f"tolerances: {name} must be >= 0")
     check_results(results)
@@ -130,6 +134,10 @@ def make_baseline(results: dict[str, Any], tolerances: Tolerances | None = None)
         "target": results["target"],
         "rows": rows,
     }
+    used = {r.get("val_set") for r in results["rows"]}
+    sets = {name: spec for name, spec in (results.get("val_sets") or {}).items() if name in used}
+    if sets:
+        baseline["val_sets"] = sets
     check_baseline(baseline, "generated baseline")  # a baseline we write must be one we accept
     return baseline
 

@@ -36,6 +36,10 @@ Every rule section is optional; each check below is one rule (one JUnit test cas
 - ``latency``: for each percentile in ``reference_ms``: latency <= reference x (1 + max_increase_pct/100),
   only comparable when the run's row was measured on ``latency.measured_on``; an estimate never counts.
 - ``size.max_bytes``: size_bytes <= max_bytes (a file property: valid wherever it was measured).
+- ``accuracy.pairs`` + ``accuracy.binomial_k``: the drop allowance is at least ``binomial_k`` binomial
+  standard deviations of an accuracy measured on that many pairs, ``sqrt(ref (1 - ref) / pairs)``.
+- top-level ``val_sets`` (``{name: {pairs, sha256}}``): the verification sets the figures came from; a
+  results file measured on other sets is not comparable and the gate stops with exit 2.
 - ``accuracy.above_pixel_floor: true``: accuracy > the accuracy of raw pixels compared by cosine on the
   same verification set (``results.floors``): a model that learned nothing cannot pass for one that works.
   ``baseline`` sets it for every row that was above that floor when the baseline was written.
@@ -61,7 +65,16 @@ from distill.errors import InputError
 BASELINE_VERSION = 1
 _ROW_KEYS = {"name", "target", "measured_on", "accuracy", "tar_at_far", "latency", "size", "notes"}
 _SECTION_KEYS = {
-    "accuracy": {"reference", "reference_std", "floor", "max_drop", "use_std", "above_pixel_floor"},
+    "accuracy": {
+        "reference",
+        "reference_std",
+        "floor",
+        "max_drop",
+        "use_std",
+        "above_pixel_floor",
+        "pairs",
+        "binomial_k",
+    },
     "tar": {"reference", "floor", "max_drop"},
     "latency": {"measured_on", "reference_ms", "max_increase_pct"},
     "size": {"reference", "max_bytes"},
@@ -89,6 +102,7 @@ class GateReport:
     target: str
     rules: list[RuleResult] = field(default_factory=list)
     not_gated: list[str] = field(default_factory=list)  # result rows the baseline does not know
+    notes: list[str] = field(default_factory=list)  # warnings that are not rule failures
 
     @property
     def failures(self) -> list[RuleResult]:
@@ -250,6 +264,10 @@ def _check_accuracy(sec: dict[str, Any] | None, where: str) -> int:
     if sec is None:
         return 0
     n = _check_drop_floor(sec, where)
+    if sec.get("binomial_k") is not None:
+        _num(sec["binomial_k"], f"{where}.binomial_k", 0.0)
+        if sec.get("reference") is None or not isinstance(sec.get("pairs"), int) or sec["pairs"] < 1:
+            raise InputError(f"{where}: 'binomial_k' needs 'reference' and 'pairs' (a positive integer)")
     if sec.get("use_std") is not None:
         _num(sec["use_std"], f"{where}.use_std", 0.0)
         if sec.get("reference") is None or sec.get("reference_std") is None:
@@ -357,8 +375,13 @@ class _RowGate:
             max_drop = float(sec.get("max_drop") or 0.0)
             k = float(sec.get("use_std") or 0.0)
             std = float(sec.get("reference_std") or 0.0)
-            allowed = max(max_drop, k * std)
-            detail = f"max of {100 * max_drop:.2f} and {k:g} x fold std {100 * std:.2f}" if k else ""
+            kb, pairs = float(sec.get("binomial_k") or 0.0), int(sec.get("pairs") or 0)
+            sigma = math.sqrt(ref * (1 - ref) / pairs) if kb and pairs else 0.0
+            allowed = max(max_drop, k * std, kb * sigma)
+            parts = [f"{100 * max_drop:.2f}"]
+            parts += [f"{k:g} x fold std {100 * std:.2f}"] if k else []
+            parts += [f"{kb:g} x binomial sd {100 * sigma:.2f} on {pairs} pairs"] if kb and pairs else []
+            detail = f"max of {', '.join(parts)}" if len(parts) > 1 else ""
             rule = f"drop <= {100 * allowed:.2f} pts from {_pct(ref)}" + (f" ({detail})" if detail else "")
             checks.append(("drop", rule, ref - allowed))
         blocked = self.unavailable(metric)
@@ -535,6 +558,32 @@ def _match(base: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] |
     return (exact or same or [None])[0]
 
 
+def same_verification_sets(results: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """InputError unless the baseline's figures came from the verification sets the results used.
+
+    Accuracy on 40 pairs and on 1,200 pairs are different measurements: comparing them says nothing.
+    A baseline records each set's name, pair count and file hash (``val_sets``); so do the results.
+    """
+    want = baseline.get("val_sets")
+    if not want:
+        return  # a baseline from before sets were recorded: see GateReport.notes
+    got = results.get("val_sets") or {}
+    for name, spec in want.items():
+        have = got.get(name)
+        if have is None:
+            raise InputError(
+                f"baseline figures come from verification set '{name}' ({spec.get('pairs')} pairs), which "
+                f"the results do not have (they have: {', '.join(got) or 'none recorded'}); not comparable"
+            )
+        if have.get("pairs") != spec.get("pairs") or have.get("sha256") != spec.get("sha256"):
+            raise InputError(
+                f"baseline was made on '{name}' with {spec.get('pairs')} pairs (sha256 "
+                f"{str(spec.get('sha256'))[:12]}), the results on '{name}' with {have.get('pairs')} pairs "
+                f"(sha256 {str(have.get('sha256'))[:12]}): not comparable; write a baseline from a run on "
+                "the same verification set"
+            )
+
+
 def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
     """Check every baseline rule against the results; never raises for a regression, only for bad input."""
     check_results(results)
@@ -543,6 +592,7 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         raise InputError(
             f"baseline is for target {baseline['target']!r} but the results are for {results['target']!r}"
         )
+    same_verification_sets(results, baseline)
     report = GateReport(target=results["target"])
     matched: set[int] = set()
     for base in baseline["rows"]:
@@ -558,6 +608,11 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         if len(report.rules) == before:  # a row without rules still has to be there
             g.presence()
     report.not_gated = [_row_label(r) for r in results["rows"] if id(r) not in matched]
+    if not baseline.get("val_sets"):
+        report.notes.append(
+            "the baseline does not record its verification sets (name, pairs, hash): it cannot tell a run on "
+            "another set apart; write it again with 'python -m pipeline baseline'"
+        )
     return report
 
 
@@ -576,6 +631,8 @@ def format_table(report: GateReport) -> str:
         out.append(f"FAIL {r.message}")
     for label in report.not_gated:
         out.append(f"note: not gated (no baseline entry): {label}")
+    for note in report.notes:
+        out.append(f"note: {note}")
     out.append(_verdict(report))
     return "\n".join(out) + "\n"
 
@@ -633,6 +690,7 @@ def markdown_summary(report: GateReport) -> str:
         out.append("")
     if report.not_gated:
         out += ["Not gated (no baseline entry): " + ", ".join(f"`{x}`" for x in report.not_gated), ""]
+    out += [f"Note: {n}" for n in report.notes] + ([""] if report.notes else [])
     out += ["<details><summary>All rules</summary>", ""]
     out += ["| status | row | metric | rule | actual |", "|---|---|---|---|---|"]
     for r in report.rules:

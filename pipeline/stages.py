@@ -57,6 +57,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
                 "images": len(train),
                 "identities": int(train.num_classes),
                 "val_pairs": {vs.name: int(len(vs.issame)) for vs in vals},
+                "val_sets": _val_set_ids([Path(v) for v in d.val], vals),
                 "pixel_floor": _pixel_floor(ctx, vals),
             }
             write_json(work / "data.json", info)
@@ -70,12 +71,33 @@ def stage_data(ctx: Context) -> dict[str, Any]:
 
             summary = synthesize(work, SynthSpec(**asdict(d.synth)), progress=ctx.progress)
             info = {"train": "train.rec", "val": ["synth_val.bin"], "synthetic": True, **_plain(summary)}
-            info["pixel_floor"] = _pixel_floor(ctx, [open_verification(work / "synth_val.bin")])
+            val = open_verification(work / "synth_val.bin")
+            info["val_sets"] = _val_set_ids([work / "synth_val.bin"], [val])
+            info["pixel_floor"] = _pixel_floor(ctx, [val])
             write_json(work / "data.json", info)
             files = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json", "data.json"]
             return StageOutcome(files, info)
 
     return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _val_set_ids(paths: list[Path], vals: list[Any]) -> dict[str, Any]:
+    """name -> pairs and content hash of each verification set: what a baseline's figures came from."""
+    import hashlib
+
+    from pipeline.runfolder import sha256_file
+
+    out = {}
+    for path, vs in zip(paths, vals, strict=True):
+        if path.is_dir():  # a pairs folder: pairs.txt and every file under it, by content
+            h = hashlib.sha256()
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                h.update(f"{f.relative_to(path)}:{sha256_file(f)}\n".encode())
+            digest = h.hexdigest()
+        else:
+            digest = sha256_file(path)
+        out[vs.name] = {"pairs": int(len(vs.issame)), "sha256": digest}
+    return out
 
 
 def _pixel_floor(ctx: Context, vals: list[Any]) -> dict[str, Any]:
@@ -553,6 +575,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         results = {
             "target": ctx.target,
             "device": {"name": device.name, "connected": ctx.connection.connected},
+            "val_sets": _val_sets(ctx, vals),
             "floors": _floors(ctx, vals, rows),
             "rows": rows,
             "estimator_error_on_host": _estimator_error(ctx, graphs),
@@ -562,6 +585,12 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         return StageOutcome(["results.json"], {"rows": len(rows)})
 
     return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log)
+
+
+def _val_sets(ctx: Context, vals: list[Any]) -> dict[str, Any]:
+    """The data stage's record of the verification sets (pairs, hash); pairs only for older run folders."""
+    info = json.loads((ctx.run.stage_dir("data") / "data.json").read_text())
+    return info.get("val_sets") or {vs.name: {"pairs": int(len(vs.issame)), "sha256": None} for vs in vals}
 
 
 def _floors(ctx: Context, vals: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:

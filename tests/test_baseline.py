@@ -168,3 +168,14 @@ def test_pixel_floor_rule_only_for_rows_above_the_floor():
     assert good["accuracy"]["above_pixel_floor"] is True
     assert "above_pixel_floor" not in flat["accuracy"]
     assert any("not above raw pixels (70.00 %)" in n for n in flat["notes"])
+
+
+def test_baseline_records_its_verification_sets_and_binomial_allowance():
+    from pipeline.baseline import make_baseline
+
+    row = {"name": "s", "target": "host", "measured_on": "host-cpu", "val_set": "v", "accuracy": 0.8,
+           "sets": {"v": {"pairs": 1200}}}  # fmt: skip
+    ids = {"v": {"pairs": 1200, "sha256": "c" * 64}, "unused": {"pairs": 10, "sha256": "d" * 64}}
+    b = make_baseline({"target": "host", "rows": [row], "val_sets": ids})
+    assert b["val_sets"] == {"v": ids["v"]}
+    assert b["rows"][0]["accuracy"]["pairs"] == 1200 and b["rows"][0]["accuracy"]["binomial_k"] == 2.0

@@ -362,3 +362,34 @@ def test_pixel_floor_rule_fails_a_model_no_better_than_raw_pixels():
     assert "not above raw pixels compared by cosine (89.50 % on v)" in msg
     del res["floors"]  # results without floors cannot pass a floor rule silently
     assert "no pixel floor" in failed(gate(res, baseline(base)))[("accuracy", "pixel_floor")].message
+
+
+def test_a_run_on_another_verification_set_is_not_comparable():
+    base = baseline(base_row())
+    base["val_sets"] = {"v": {"pairs": 40, "sha256": "a" * 64}}
+    res = results(result_row())
+    res["val_sets"] = {"v": {"pairs": 1200, "sha256": "b" * 64}}
+    with pytest.raises(InputError, match=r"baseline was made on 'v' with 40 pairs .* with 1200 pairs"):
+        gate(res, base)
+    res["val_sets"] = {"lfw": {"pairs": 40, "sha256": "a" * 64}}
+    with pytest.raises(InputError, match="which the results do not have \\(they have: lfw\\)"):
+        gate(res, base)
+    res["val_sets"] = {"v": {"pairs": 40, "sha256": "a" * 64}}
+    report = gate(res, base)
+    assert report.passed and not report.notes
+    old = gate(res, baseline(base_row()))  # a baseline without val_sets still gates, with a warning
+    assert old.passed and "does not record its verification sets" in old.notes[0]
+    assert "note: the baseline does not record" in format_table(old)
+
+
+def test_binomial_allowance_follows_the_pair_count():
+    base = base_row()
+    base["accuracy"].update(pairs=40, binomial_k=2.0)  # 2 x sqrt(0.9 x 0.1 / 40) = 9.49 pts
+    report = gate(results(result_row(accuracy=0.806)), baseline(base))
+    drop = next(r for r in report.rules if r.metric == "accuracy" and r.name.endswith("drop"))
+    assert drop.passed and drop.rule.startswith("drop <= 9.49 pts from 90.00 %")
+    assert "2 x binomial sd 4.74 on 40 pairs" in drop.rule
+    assert not gate(results(result_row(accuracy=0.80)), baseline(base)).passed
+    base["accuracy"]["pairs"] = 0
+    with pytest.raises(InputError, match="'binomial_k' needs 'reference' and 'pairs'"):
+        gate(results(result_row()), baseline(base))
