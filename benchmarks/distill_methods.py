@@ -24,7 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from distill.config import LossSpec, load_config  # noqa: E402
+from distill.config import LossSpec  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
 
 MARGIN = {"name": "cosface", "weight": 1.0, "params": {"scale": 32.0, "margin": 0.3}}
 

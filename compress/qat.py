@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from compress.checkpoint import load_quantized, save_quantized
+from compress.config import QatConfig
 from compress.quantize import calibration_batches, quantize_model, quantizer_counts, scheme_problems
-from distill.config import LossSpec, QatConfig
+from distill.config import LossSpec
 from distill.data.verification_bin import VerificationSet
 from distill.engine.distributed import current_dist
 from distill.engine.train import TeacherTargets, TrainJob, train

@@ -1,7 +1,10 @@
-"""The run configuration: typed dataclasses, presets, YAML/TOML loading with one-line errors.
+"""Stage one's settings (data, teacher, distill, training schedules) and the config machinery every
+stage's section uses: typed dataclasses, YAML/TOML reading, key-path errors, hashing.
 
-Validation is hand-written (about 60 lines) because the config is a tree of plain dataclasses and a
-user needs the exact key path of a mistake (``distill.train.lr: expected a number, got 'fast'``).
+Later stages keep their own sections (compress/config.py, deploy/config.py, devices/config.py); the whole
+run's ``Config``, presets and loading live in pipeline/config.py, which alone knows every stage.
+Validation is hand-written because the config is a tree of plain dataclasses and a user needs the exact
+key path of a mistake (``distill.train.lr: expected a number, got 'fast'``).
 """
 
 from __future__ import annotations
@@ -133,119 +136,6 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, warmup_steps=10))
 
 
-@dataclass
-class QatConfig:
-    """Stage two: NNCF INT8 quantization of the distilled student, then distillation with fake-quant.
-
-    The scheme is fixed to what both targets run natively: symmetric INT8, per-channel weights,
-    per-tensor activations, zero point 0 (see compress/quantize.py).
-    """
-
-    enabled: bool = True  # false: no INT8 artifacts; export uses the fp32 student only
-    calibration_images: int = 256  # training images drawn (seeded) for range calibration (PTQ and QAT)
-    calibration_batch: int = 32
-    # activation range init: histogram (best on MobileFaceNet in shared/research/spike-qat-scales.md),
-    # mean_minmax (NNCF's default) or minmax
-    range_estimator: str = "histogram"
-    fast_bias_correction: bool = True
-    # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
-    losses: list[LossSpec] = field(default_factory=list)
-    train: TrainConfig = field(
-        default_factory=lambda: TrainConfig(
-            epochs=0.3, lr=0.005, weight_decay=5e-5, warmup_steps=0, freeze_bn=True, checkpoint_every=50
-        )
-    )
-
-
-@dataclass
-class ExportConfig:
-    """Stage three: artifact shapes and opset."""
-
-    batch_size: int = 1  # 0 = dynamic batch (ONNX only; phones want a static batch)
-    opset: int = 17
-    parity_images: int = 32
-    # INT8 .tflite (from stage two): "calibrate" re-calibrates the QAT weights with LiteRT's own observers,
-    # "carry" imposes NNCF's learned scales on the LiteRT graph. calibrate is the default because it gave
-    # the better accuracy in benchmarks/qat_int8.py (86.42 vs 85.83 %, default preset); carry follows the
-    # fake-quant model more closely (cosine 0.9995 vs 0.9993)
-    tflite_int8_scales: str = "calibrate"
-    tflite_int8_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
-
-
-@dataclass
-class MeasureConfig:
-    """How artifacts are measured on the host."""
-
-    threads: int = 2
-    warmup: int = 10
-    runs: int = 100
-    flip: bool = True
-
-
-@dataclass
-class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    qat: QatConfig = field(default_factory=QatConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-
-
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (23 min on 2 cores at its last
-# timing, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real data.
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "tiny": {
-        "data": {
-            "synth": {"train_identities": 12, "images_per_identity": 6, "val_identities": 10, "val_pairs": 40}
-        },
-        "teacher": {
-            "arch_params": {"base_width": 8},
-            "train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4},
-        },
-        "distill": {"train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4}},
-        "qat": {
-            "enabled": False,  # stage two adds ~30 s and a 1-3 min INT8 .tflite conversion: opt in
-            "calibration_images": 16,
-            "calibration_batch": 8,
-            "train": {"epochs": 0.25, "batch_size": 16, "checkpoint_every": 4},
-        },
-        "export": {"parity_images": 4},
-        "measure": {"warmup": 2, "runs": 5},
-    },
-    "gpu": {
-        "data": {"workers": 8},
-        # published recipe: full-width iResNet-50 teacher, ArcFace s=64 m=0.5, 512-d student
-        "teacher": {
-            "arch": "iresnet50",
-            "arch_params": {"base_width": 64},
-            "losses": [{"name": "arcface", "weight": 1.0, "params": {}}],
-            "train": {"epochs": 20, "batch_size": 128, "checkpoint_every": 2000, "eval_every": 2000},
-        },
-        "distill": {
-            "embedding_dim": 512,
-            "losses": [
-                {"name": "arcface", "weight": 1.0, "params": {}},
-                {"name": "feature_l2", "weight": 10.0, "params": {}},
-            ],
-            "train": {"epochs": 20, "batch_size": 128, "checkpoint_every": 2000, "eval_every": 2000},
-        },
-        "qat": {
-            "calibration_images": 1024,
-            "train": {
-                "epochs": 2,
-                "batch_size": 128,
-                "lr": 0.001,
-                "checkpoint_every": 2000,
-                "eval_every": 2000,
-            },
-        },
-        "measure": {"runs": 500, "warmup": 50},
-    },
-}
-
-
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Merge ``override`` into a copy of ``base``; dicts merge recursively, everything else replaces."""
     out = copy.deepcopy(base)
@@ -255,22 +145,6 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _merge_layer(raw: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
-    """``deep_merge``, except that a model's ``arch_params`` belong to its ``arch``: a layer's
-    ``arch_params`` replace the earlier ones whole, and naming another ``arch`` without them clears them
-    (the preset's half-width iResNet ``base_width`` must not reach a MobileFaceNet or a full-width file)."""
-    merged = deep_merge(raw, layer)
-    for section in ("teacher", "distill"):
-        sec = layer.get(section)
-        if not isinstance(sec, dict) or not isinstance(merged.get(section), dict):
-            continue
-        if "arch_params" in sec:
-            merged[section]["arch_params"] = copy.deepcopy(sec["arch_params"])
-        elif "arch" in sec and sec["arch"] != (raw.get(section) or {}).get("arch"):
-            merged[section]["arch_params"] = {}
-    return merged
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -292,33 +166,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InputError(f"{p}: config must be a mapping at the top level")
     return data
-
-
-def load_config(
-    path: str | Path | None = None, preset: str = "default", overrides: dict[str, Any] | None = None
-) -> Config:
-    """Defaults <- preset <- config file <- overrides, validated into a ``Config``."""
-    if preset not in PRESETS:
-        raise InputError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    raw = _merge_layer(to_dict(Config()), PRESETS[preset])
-    if path:
-        raw = _merge_layer(raw, read_config_file(path))
-    if overrides:
-        raw = _merge_layer(raw, overrides)
-    try:
-        return from_dict(Config, raw, "config")
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}" if path else str(exc)) from None
-
-
-def config_from_layers(preset: str, layers: list[dict[str, Any]]) -> Config:
-    """Defaults <- preset <- each config layer in order: how a run folder rebuilds its settings."""
-    if preset not in PRESETS:
-        raise InputError(f"--preset: unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
-    raw = _merge_layer(to_dict(Config()), PRESETS[preset])
-    for layer in layers:
-        raw = _merge_layer(raw, layer)
-    return from_dict(Config, raw, "config")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -389,58 +236,38 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     raise InputError(f"{where}: unsupported value {value!r}")
 
 
-def validate(cfg: Config) -> None:
-    """Checks that need more than types (ranges, choices); raises InputError naming the key."""
-    for name, tc in (
-        ("teacher.train", cfg.teacher.train),
-        ("distill.train", cfg.distill.train),
-        ("qat.train", cfg.qat.train),
-    ):
-        if tc.batch_size < 2:
-            raise InputError(f"{name}.batch_size: must be >= 2, got {tc.batch_size}")
-        if tc.lr <= 0:
-            raise InputError(f"{name}.lr: must be > 0, got {tc.lr}")
-        if tc.epochs <= 0 and tc.max_steps <= 0:
-            raise InputError(f"{name}.epochs: must be > 0, got {tc.epochs}")
-        if tc.amp not in ("auto", "bf16", "fp16", "off"):
-            raise InputError(f"{name}.amp: must be one of auto, bf16, fp16, off; got '{tc.amp}'")
-        if tc.sampler not in ("random", "balanced"):
-            raise InputError(f"{name}.sampler: must be 'random' or 'balanced'; got '{tc.sampler}'")
-        if tc.sampler == "balanced" and tc.balanced_identities * tc.balanced_images >= tc.batch_size:
-            raise InputError(
-                f"{name}.balanced_identities x balanced_images must be < batch_size ({tc.batch_size})"
-            )
-        if tc.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"{name}.device: must be one of auto, cpu, cuda; got '{tc.device}'")
-    if not 0.0 <= cfg.data.synth.difficulty <= 1.0:
-        raise InputError(f"data.synth.difficulty: must be in [0, 1], got {cfg.data.synth.difficulty}")
-    if cfg.data.synth.val_pairs < 20 or cfg.data.synth.val_pairs % 2:
+def validate_train(name: str, tc: TrainConfig) -> None:
+    """Range and choice checks of one training schedule; InputError naming ``name`` (its key path)."""
+    if tc.batch_size < 2:
+        raise InputError(f"{name}.batch_size: must be >= 2, got {tc.batch_size}")
+    if tc.lr <= 0:
+        raise InputError(f"{name}.lr: must be > 0, got {tc.lr}")
+    if tc.epochs <= 0 and tc.max_steps <= 0:
+        raise InputError(f"{name}.epochs: must be > 0, got {tc.epochs}")
+    if tc.amp not in ("auto", "bf16", "fp16", "off"):
+        raise InputError(f"{name}.amp: must be one of auto, bf16, fp16, off; got '{tc.amp}'")
+    if tc.sampler not in ("random", "balanced"):
+        raise InputError(f"{name}.sampler: must be 'random' or 'balanced'; got '{tc.sampler}'")
+    if tc.sampler == "balanced" and tc.balanced_identities * tc.balanced_images >= tc.batch_size:
         raise InputError(
-            f"data.synth.val_pairs: must be an even number >= 20, got {cfg.data.synth.val_pairs}"
+            f"{name}.balanced_identities x balanced_images must be < batch_size ({tc.batch_size})"
         )
-    t = cfg.teacher
-    if t.onnx and t.checkpoint:
+    if tc.device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"{name}.device: must be one of auto, cpu, cuda; got '{tc.device}'")
+
+
+def validate_stage_one(data: DataConfig, teacher: TeacherConfig, distill: DistillConfig) -> None:
+    """Checks of the data, teacher and distill sections that need more than types."""
+    validate_train("teacher.train", teacher.train)
+    validate_train("distill.train", distill.train)
+    if not 0.0 <= data.synth.difficulty <= 1.0:
+        raise InputError(f"data.synth.difficulty: must be in [0, 1], got {data.synth.difficulty}")
+    if data.synth.val_pairs < 20 or data.synth.val_pairs % 2:
+        raise InputError(f"data.synth.val_pairs: must be an even number >= 20, got {data.synth.val_pairs}")
+    if teacher.onnx and teacher.checkpoint:
         raise InputError("teacher: give teacher.onnx or teacher.checkpoint, not both")
-    if not (t.onnx or t.checkpoint) and t.input != TeacherInputConfig():
+    if not (teacher.onnx or teacher.checkpoint) and teacher.input != TeacherInputConfig():
         raise InputError(
             "teacher.input: describes how to feed a teacher file; set teacher.onnx or teacher.checkpoint "
             "(a teacher trained here takes the project's own input)"
         )
-    q = cfg.qat
-    if q.range_estimator not in ("histogram", "mean_minmax", "minmax"):
-        raise InputError(
-            f"qat.range_estimator: must be histogram, mean_minmax or minmax; got '{q.range_estimator}'"
-        )
-    if q.calibration_images < 1 or q.calibration_batch < 1:
-        raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")
-    e = cfg.export
-    if e.tflite_int8_scales not in ("carry", "calibrate"):
-        raise InputError(
-            f"export.tflite_int8_scales: must be 'carry' or 'calibrate'; got '{e.tflite_int8_scales}'"
-        )
-    if e.tflite_int8_io not in ("int8", "float32"):
-        raise InputError(f"export.tflite_int8_io: must be 'int8' or 'float32'; got '{e.tflite_int8_io}'")
-    if cfg.export.batch_size < 0:
-        raise InputError(f"export.batch_size: must be >= 0 (0 = dynamic), got {cfg.export.batch_size}")
-    if cfg.measure.runs < 1:
-        raise InputError(f"measure.runs: must be >= 1, got {cfg.measure.runs}")

@@ -232,7 +232,8 @@ def _context(args: argparse.Namespace) -> Any:
     """Config and target for a run folder; a stage re-run without flags reuses the folder's settings."""
     from devices.connect import DeviceConnection
     from distill.atomic import write_json
-    from distill.config import Config, config_from_layers, from_dict, read_config_file, to_dict, validate
+    from distill.config import from_dict, read_config_file, to_dict
+    from pipeline.config import Config, config_from_layers, validate
     from pipeline.runfolder import RunFolder, refuse_discarding
     from pipeline.stages import Context
 
@@ -296,8 +297,8 @@ def _data(args: argparse.Namespace) -> int:
         return 0
     from dataclasses import asdict
 
-    from distill.config import load_config, validate
     from distill.data.synth import SynthSpec, synthesize
+    from pipeline.config import load_config, validate
 
     cfg = load_config(preset=args.preset)
     spec = asdict(cfg.data.synth)

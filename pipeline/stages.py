@@ -15,8 +15,9 @@ from typing import Any
 
 from devices.connect import DeviceConnection
 from distill.atomic import write_json, write_text
-from distill.config import Config, config_hash
+from distill.config import config_hash
 from distill.errors import InputError
+from pipeline.config import Config
 from pipeline.runfolder import RunFolder, StageOutcome, fingerprint
 
 STAGES = ["data", "teacher", "cache", "distill", "qat", "export", "measure", "report"]

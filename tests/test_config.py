@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from distill.config import PRESETS, Config, load_config, to_dict, validate
+from distill.config import to_dict
 from distill.errors import InputError
+from pipeline.config import PRESETS, Config, load_config, validate
 
 
 def test_defaults_then_preset_then_file(tmp_path):
@@ -76,7 +77,7 @@ def test_every_preset_is_valid():
 
 
 def test_arch_params_belong_to_their_arch(tmp_path):
-    from distill.config import load_config
+    from pipeline.config import load_config
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher:\n  arch: mobilefacenet\n  checkpoint: x.pth\n")
@@ -87,7 +88,7 @@ def test_arch_params_belong_to_their_arch(tmp_path):
 
 
 def test_teacher_input_needs_a_teacher_file(tmp_path):
-    from distill.config import load_config, validate
+    from pipeline.config import load_config, validate
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("teacher:\n  input: {mean: 0, std: 1}\n")

@@ -13,11 +13,12 @@ import pytest
 import torch
 import yaml
 
-from distill.config import LossSpec, TrainConfig, load_config, validate
+from distill.config import LossSpec, TrainConfig
 from distill.data.faces import open_train_set
 from distill.data.synth import SynthSpec, synthesize
 from distill.engine.train import TeacherTargets
 from distill.fit import fit_model
+from pipeline.config import load_config, validate
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -304,7 +304,8 @@ def test_sh_kd_recipe_trains_the_teacher_through_the_students_frozen_head(tmp_pa
 
 def test_settings_that_would_delete_artifacts_need_force(tmp_path, capsys):
     """A run folder with android artifacts: another target or stage two off would replace them."""
-    from distill.config import PRESETS, Config, deep_merge, to_dict
+    from distill.config import deep_merge, to_dict
+    from pipeline.config import PRESETS, Config
 
     out = tmp_path / "android"
     (out / "export").mkdir(parents=True)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import float_model, is_quantized_checkpoint, load_quantized, save_quantized
+from compress.config import QatConfig
 from compress.qat import SCALE_PARAMS, quantization_aware_distill, restore_loss_state
 from compress.quantize import (
     calibration_batches,
@@ -21,7 +22,7 @@ from deploy.onnx_qdq import QdqLintError, export_qdq_onnx
 from deploy.parity import row_cosines
 from deploy.qdq_lint import LintIssue, lint_qdq
 from deploy.runtimes import load_embedder
-from distill.config import LossSpec, QatConfig, TrainConfig
+from distill.config import LossSpec, TrainConfig
 from distill.engine.train import TeacherTargets, _param_groups
 from distill.errors import InputError
 from distill.losses import LossDims, build_losses

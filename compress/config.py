@@ -1,0 +1,42 @@
+"""Stage two's settings: NNCF INT8 quantization and quantization-aware distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distill.config import LossSpec, TrainConfig, validate_train
+from distill.errors import InputError
+
+
+@dataclass
+class QatConfig:
+    """Stage two: NNCF INT8 quantization of the distilled student, then distillation with fake-quant.
+
+    The scheme is fixed to what both targets run natively: symmetric INT8, per-channel weights,
+    per-tensor activations, zero point 0 (see compress/quantize.py).
+    """
+
+    enabled: bool = True  # false: no INT8 artifacts; export uses the fp32 student only
+    calibration_images: int = 256  # training images drawn (seeded) for range calibration (PTQ and QAT)
+    calibration_batch: int = 32
+    # activation range init: histogram (best on MobileFaceNet in shared/research/spike-qat-scales.md),
+    # mean_minmax (NNCF's default) or minmax
+    range_estimator: str = "histogram"
+    fast_bias_correction: bool = True
+    # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
+    losses: list[LossSpec] = field(default_factory=list)
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=0.3, lr=0.005, weight_decay=5e-5, warmup_steps=0, freeze_bn=True, checkpoint_every=50
+        )
+    )
+
+
+def validate_qat(q: QatConfig) -> None:
+    validate_train("qat.train", q.train)
+    if q.range_estimator not in ("histogram", "mean_minmax", "minmax"):
+        raise InputError(
+            f"qat.range_estimator: must be histogram, mean_minmax or minmax; got '{q.range_estimator}'"
+        )
+    if q.calibration_images < 1 or q.calibration_batch < 1:
+        raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")

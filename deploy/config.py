@@ -1,0 +1,33 @@
+"""Export settings: artifact shapes, opset, parity, INT8 .tflite options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.errors import InputError
+
+
+@dataclass
+class ExportConfig:
+    """Stage three: artifact shapes and opset."""
+
+    batch_size: int = 1  # 0 = dynamic batch (ONNX only; phones want a static batch)
+    opset: int = 17
+    parity_images: int = 32
+    # INT8 .tflite (from stage two): "calibrate" re-calibrates the QAT weights with LiteRT's own observers,
+    # "carry" imposes NNCF's learned scales on the LiteRT graph. calibrate is the default because it gave
+    # the better accuracy in benchmarks/qat_int8.py (86.42 vs 85.83 %, default preset); carry follows the
+    # fake-quant model more closely (cosine 0.9995 vs 0.9993)
+    tflite_int8_scales: str = "calibrate"
+    tflite_int8_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
+
+
+def validate_export(e: ExportConfig) -> None:
+    if e.tflite_int8_scales not in ("carry", "calibrate"):
+        raise InputError(
+            f"export.tflite_int8_scales: must be 'carry' or 'calibrate'; got '{e.tflite_int8_scales}'"
+        )
+    if e.tflite_int8_io not in ("int8", "float32"):
+        raise InputError(f"export.tflite_int8_io: must be 'int8' or 'float32'; got '{e.tflite_int8_io}'")
+    if e.batch_size < 0:
+        raise InputError(f"export.batch_size: must be >= 0 (0 = dynamic), got {e.batch_size}")
