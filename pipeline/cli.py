@@ -209,7 +209,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _evaluate(args)
     import torch
 
+    from compress.nncf_extension import configure_environment
     from distill.engine.distributed import setup_distributed
+
+    configure_environment()  # NNCF's kernels in this install's own folder, with a timeout that fits
     from pipeline.stages import STAGES, run_until
 
     setup_distributed("cuda" if torch.cuda.is_available() else "cpu")  # no-op unless run by torchrun

@@ -346,10 +346,12 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         if not q.enabled:
             write_json(work / "qat.json", {"enabled": False})
             return StageOutcome(["qat.json"], {"enabled": False})
+        from compress.nncf_extension import ensure_nncf_kernels
         from compress.qat import quantization_aware_distill
         from distill.engine.train import TeacherTargets
         from distill.teacher import open_teacher_cache
 
+        ensure_nncf_kernels(log=ctx.log)  # before calibration, not in the middle of it
         train, vals = load_data(ctx)
         plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
         outcome = quantization_aware_distill(
