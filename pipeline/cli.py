@@ -26,7 +26,7 @@ exit codes: 0 ok, 1 a check failed (parity, diverged training), 2 bad input.
 """
 
 
-def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
+def _run_args(p: argparse.ArgumentParser, devices: bool = True) -> None:
     p.add_argument(
         "--out",
         default="runs/demo",
@@ -43,14 +43,12 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
         help="size preset: default (the CPU recipe, about 23 min on 2 cores), tiny "
         "(smoke test), gpu (real data on a GPU box)",
     )
-    if target:
-        p.add_argument(
-            "--target",
-            default=None,
-            choices=["host", "jetson", "android"],
-            help="deployment target: chooses the artifact formats and where latency is measured "
-            "[default: host]",
-        )
+    p.add_argument(
+        "--target",
+        default=None,
+        choices=["host", "jetson", "android"],
+        help="deployment target: chooses the artifact formats and where latency is measured [default: host]",
+    )
     p.add_argument(
         "--force",
         action="store_true",
@@ -63,7 +61,7 @@ def _run_args(p: argparse.ArgumentParser, target: bool = True) -> None:
         help="keep going when an exported artifact disagrees with PyTorch (marked failed)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (CI logs)")
-    if target:
+    if devices:
         _device_args(p)
 
 
@@ -92,7 +90,13 @@ def _device_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adb-serial", default="", metavar="SERIAL", help="Android phone serial (adb devices)")
     g.add_argument("--adb", default="adb", help="adb executable [adb]")
     g.add_argument("--benchmark-model", default="", help="LiteRT benchmark_model binary for the phone")
-    g.add_argument("--delegate", default="xnnpack", choices=["cpu", "xnnpack", "gpu", "nnapi"])
+    g.add_argument(
+        "--delegate",
+        default="xnnpack",
+        choices=["cpu", "xnnpack", "gpu", "nnapi"],
+        help="LiteRT delegate on the phone (with --adb-serial); a silent fallback to CPU is flagged "
+        "[default: xnnpack]",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     }
     for name, text in stage_help.items():
         p = sub.add_parser(name, help=text, description=text)
-        _run_args(p)
+        # device options only where the measure stage can run (all, measure, and report, which runs it)
+        _run_args(p, devices=name in ("all", "measure", "report"))
     from pipeline.ci_cli import add_ci_commands
     from pipeline.devices_cli import add_devices_commands
 
@@ -233,7 +238,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _context(args: argparse.Namespace) -> Any:
     """Config and target for a run folder; a stage re-run without flags reuses the folder's settings."""
-    from devices.connect import DeviceConnection
     from distill.atomic import write_json
     from distill.config import from_dict, read_config_file, to_dict
     from pipeline.config import Config, config_from_layers, validate
@@ -272,18 +276,27 @@ def _context(args: argparse.Namespace) -> Any:
         progress=not args.no_progress,
         force=args.force,
         allow_parity_failure=args.allow_parity_failure,
-        connection=DeviceConnection(
-            device=args.device,
-            ssh=args.ssh,
-            key=args.key,
-            known_hosts=args.known_hosts,
-            remote_python=args.remote_python,
-            adb_serial=args.adb_serial,
-            adb=args.adb,
-            benchmark_model=args.benchmark_model,
-            delegate=args.delegate,
-            devices_dirs=tuple(args.devices_dir),
-        ),
+        connection=_connection(args),
+    )
+
+
+def _connection(args: argparse.Namespace) -> Any:
+    """The device settings of the command line (stages without device options: none connected)."""
+    from devices.connect import DeviceConnection
+
+    if not hasattr(args, "ssh"):
+        return DeviceConnection()
+    return DeviceConnection(
+        device=args.device,
+        ssh=args.ssh,
+        key=args.key,
+        known_hosts=args.known_hosts,
+        remote_python=args.remote_python,
+        adb_serial=args.adb_serial,
+        adb=args.adb,
+        benchmark_model=args.benchmark_model,
+        delegate=args.delegate,
+        devices_dirs=tuple(args.devices_dir),
     )
 
 

@@ -87,6 +87,19 @@ def run_devices_command(args: argparse.Namespace) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------- list
+_UNITS = {"tops": "TOPS", "tflops": "TFLOPS", "gops": "GOPS", "gflops": "GFLOPS"}
+
+
+def _fig_unit(device: Any, *names: str) -> str:
+    """``_fig`` of the first figure present, with its unit (TOPS for a GPU, GOPS for a CPU, ...)."""
+    for name in names:
+        if device.figures.get(name) is not None:
+            value = _fig(device, name)
+            unit = next((u for k, u in _UNITS.items() if name.endswith(k) or f"_{k}_" in name), "")
+            return f"{value} {unit}".strip()
+    return "-"
+
+
 def _fig(device: Any, *names: str) -> str:
     for name in names:
         f = device.figures.get(name)
@@ -101,17 +114,18 @@ def list_rows(catalogue: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for name in sorted(catalogue):
         d = catalogue[name]
-        runtime = d.runtime.get("tensorrt") or d.runtime.get("litert") or d.runtime.get("onnxruntime") or ""
+        key = next((k for k in ("tensorrt", "litert", "onnxruntime") if d.runtime.get(k)), None)
+        runtime = f"{key}: {d.runtime[key]}" if key else ""
         rows.append(
             {
                 "name": name,
                 "via": d.connection,
                 "formats": ",".join(d.formats),
                 "precisions": ",".join(d.precisions),
-                "runtime": runtime.split(" (")[0][:28],
-                "int8_tops": _fig(d, "gpu_int8_tops_dense", "int8_tops_dense", "cpu_int8_gops"),
-                "fp16_tflops": _fig(d, "gpu_fp16_tflops", "cpu_fp16_gflops"),
-                "fp32": _fig(d, "gpu_fp32_tflops", "cpu_fp32_gflops"),
+                "runtime": runtime.split(" (")[0],
+                "int8_tops": _fig_unit(d, "gpu_int8_tops_dense", "int8_tops_dense", "cpu_int8_gops"),
+                "fp16_tflops": _fig_unit(d, "gpu_fp16_tflops", "cpu_fp16_gflops"),
+                "fp32": _fig_unit(d, "gpu_fp32_tflops", "cpu_fp32_gflops"),
                 "mem_gb_s": _fig(d, "memory_bandwidth_gbs"),
                 "cpu_cores": _fig(d, "cpu_cores"),
             }
@@ -142,9 +156,9 @@ def _print_list(catalogue: dict[str, Any], as_json: bool) -> None:
         "formats": "formats",
         "precisions": "precisions",
         "runtime": "runtime",
-        "int8_tops": "INT8 TOPS",
-        "fp16_tflops": "FP16 TFLOPS",
-        "fp32": "FP32 TFLOPS/GFLOPS",
+        "int8_tops": "INT8 peak",
+        "fp16_tflops": "FP16 peak",
+        "fp32": "FP32 peak",
         "mem_gb_s": "mem GB/s",
         "cpu_cores": "cores",
     }
@@ -153,8 +167,7 @@ def _print_list(catalogue: dict[str, Any], as_json: bool) -> None:
     for r in rows:
         print("  ".join(r[k].ljust(widths[k]) for k in headers).rstrip())
     print()
-    print("INT8/FP16 are the GPU's dense figures on Jetsons (GOPS/GFLOPS of the CPU on phones and hosts);")
-    print("FP32 is TFLOPS for a GPU, GFLOPS for a CPU.")
+    print("Peaks: the GPU's dense figures on Jetsons, the CPU's on phones and hosts, each with its unit.")
     print(LEGEND)
 
 
