@@ -657,7 +657,7 @@ def _estimator_error(ctx: Context, graphs: dict[str, Path]) -> list[dict[str, An
         stats = measure_embedder_latency(embedder, warmup=m.warmup, runs=m.runs, batch_size=1)
         err = estimator_error_on_host(graphs[model], stats.p50, host, threads=m.threads)
         graph = Path(str(err.get("onnx", graphs[model])))
-        if graph.parent.name == f".{'measure'}.work":  # the work folder becomes measure/ when the stage ends
+        if graph.parent.name == ".measure.work":  # the work folder becomes measure/ when the stage ends
             err["onnx"] = str(ctx.run.stage_dir("measure") / graph.name)
         out.append({"model": "student" if model == "distill" else model, "runtime": "onnxruntime", **err})
     return out

@@ -54,6 +54,8 @@ def test_all_writes_results_for_every_artifact(host_run):
     assert (host_run / "report.html").is_file()
     assert manifest["stages"]["distill"]["metrics"]["images_per_second"] > 0
     assert not list(host_run.glob(".*.work"))  # nothing half-finished left behind
+    for est in json.loads((host_run / "results.json").read_text())["estimator_error_on_host"]:
+        assert Path(est["onnx"]).is_file(), est["onnx"]  # not a path into the removed work folder
 
 
 def test_rerun_skips_current_stages_and_reruns_changed_ones(host_run, capsys, tmp_path):
@@ -323,3 +325,12 @@ def test_settings_that_would_delete_artifacts_need_force(tmp_path, capsys):
     assert main(["export", "--out", str(out), "--config", str(off), "--no-progress"]) == 2
     assert "would delete the INT8 artifacts (student_int8.tflite)" in _one_error_line(capsys)
     assert json.loads((out / "run.json").read_text()) == stored  # refused: nothing recorded
+
+
+def test_stage_help_lists_only_its_own_options(capsys):
+    for stage, has_devices in (("teacher", False), ("export", False), ("measure", True), ("all", True)):
+        with pytest.raises(SystemExit):
+            main([stage, "--help"])
+        text = capsys.readouterr().out
+        assert ("--adb-serial" in text) == has_devices, stage
+        assert ("LiteRT delegate on the phone" in text) == has_devices, stage
