@@ -245,7 +245,7 @@ class RunFolder:
         }
         manifest["stages"][name] = record
         self._save_manifest(manifest)
-        log(f"[{name}] done in {seconds:.1f}s")
+        log(f"[{name}] done in {seconds:.1f}s{headline(outcome.metrics)}")
 
 
 def _quiet(message: str) -> None:
@@ -274,3 +274,21 @@ def refuse_discarding(root: Path, stored: dict[str, Any], target: str, cfg: Any)
             f"{root}: qat.enabled: false would delete the INT8 artifacts ({', '.join(int8)}). "
             "Use another --out, or add --force"
         )
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    """The figures a person wants on the console when a stage ends: verification accuracies."""
+    found = []
+    for key, value in (metrics or {}).items():
+        if isinstance(value, dict):  # qat: per model ("ptq", "qat") -> {"<set>/accuracy": ...}
+            found += [f"{key} {f}" for f in _accuracies(value)]
+        found += _accuracies({key: value})
+    return (": " + ", ".join(found)) if found else ""
+
+
+def _accuracies(metrics: dict[str, Any]) -> list[str]:
+    return [
+        f"{key.rsplit('/', 1)[0]} accuracy {100 * value:.2f} %"
+        for key, value in metrics.items()
+        if key.endswith("/accuracy") and isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]

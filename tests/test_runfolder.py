@@ -119,3 +119,15 @@ def test_a_same_size_edit_is_seen_and_a_touch_alone_is_not(tmp_path, monkeypatch
     out.write_text("jello")  # same size, other content
     run.run("s", {"a": 1}, writer(calls), log=lambda m: None)
     assert len(calls) == 2 and out.read_text() == "hello"
+
+
+def test_a_stage_ends_with_its_headline_figures(tmp_path):
+    lines = []
+
+    def fn(work):
+        (work / "m.json").write_text("{}")
+        return StageOutcome(["m.json"], {"v/accuracy": 0.8725, "ptq": {"v/accuracy": 0.5}, "steps": 3})
+
+    RunFolder(tmp_path).run("s", {}, fn, log=lines.append)
+    assert lines[-1].endswith("s: v accuracy 87.25 %, ptq v accuracy 50.00 %")
+    assert lines[-1].startswith("[s] done in ")
