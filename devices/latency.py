@@ -121,3 +121,51 @@ def measure_embedder_latency(
         threads=embedder.num_threads,
         batch_size=int(x.shape[0]),
     )
+
+
+SPREAD_LIMIT = 0.25  # (p90 - p50) / p50 above this: the samples disagree too much to compare runs
+OTHERS_LIMIT = 0.25  # share of the CPUs other processes kept busy (load average beyond our threads)
+
+
+def load_snapshot() -> float | None:
+    """1-minute load average (None where the platform has none)."""
+    import os
+
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
+
+
+def latency_conditions(
+    stats: LatencyStats, load_before: float | None, load_after: float | None, cpu_count: int | None = None
+) -> dict[str, object]:
+    """How far to trust a host latency: its spread and how busy the machine was while it ran.
+
+    ``others_share`` estimates the CPUs other processes used: the 1-minute load average beyond this
+    measurement's own threads, over the core count. A row is ``trustworthy`` when both the spread and
+    that share are under their limits; ``reasons`` says why not.
+    """
+    import os
+
+    cores = cpu_count or os.cpu_count() or 1
+    spread = (stats.p90 - stats.p50) / stats.p50 if stats.p50 > 0 else float("inf")
+    loads = [x for x in (load_before, load_after) if x is not None]
+    own = float(stats.threads or 1)
+    others = max(0.0, max(loads) - own) / cores if loads else None
+    reasons = []
+    if spread > SPREAD_LIMIT:
+        reasons.append(f"p90 is {100 * spread:.0f} % above p50 (limit {100 * SPREAD_LIMIT:.0f} %)")
+    if others is not None and others > OTHERS_LIMIT:
+        reasons.append(
+            f"other processes kept about {100 * min(others, 1.0):.0f} % of the {cores} cores busy "
+            f"(load average {max(loads):.2f}; limit {100 * OTHERS_LIMIT:.0f} %)"
+        )
+    return {
+        "spread_p90_over_p50": round(spread, 4),
+        "load_average_1min": [None if x is None else round(x, 2) for x in (load_before, load_after)],
+        "cpu_count": cores,
+        "others_share": None if others is None else round(others, 4),
+        "trustworthy": not reasons,
+        "reasons": reasons,
+    }

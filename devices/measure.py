@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from deploy.runtimes import load_embedder
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
-from devices.latency import measure_embedder_latency
+from devices.latency import latency_conditions, load_snapshot, measure_embedder_latency
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
 
@@ -37,7 +37,9 @@ def measure_on_host(
     is_embedder = hasattr(path, "run_once") and hasattr(path, "latency_input")
     embedder = path if is_embedder else load_embedder(path, num_threads=threads, name=name)
     row = accuracy_fields(embedder, sets, flip)
+    before = load_snapshot()
     stats = measure_embedder_latency(embedder, warmup=warmup, runs=runs, batch_size=1)
+    row["latency_conditions"] = latency_conditions(stats, before, load_snapshot())
     row["latency_ms"] = {
         k: round(v, 4)
         for k, v in asdict(stats).items()

@@ -88,8 +88,14 @@ def _row_baseline(
     if tars:
         out["tar_at_far"] = tars
     lat = row.get("latency_ms")
+    cond = row.get("latency_conditions") if isinstance(row.get("latency_conditions"), dict) else {}
     if not tol.latency:
         notes.append("latency not gated: disabled when the baseline was written")
+    elif cond.get("trustworthy") is False:
+        why = "; ".join(str(r) for r in cond.get("reasons") or [])
+        notes.append(
+            f"latency not gated: too noisy when measured to be a reference ({why}); measure it again"
+        )
     elif isinstance(lat, dict) and all(_finite(lat.get(p)) for p in tol.latency_percentiles):
         out["latency"] = {
             "measured_on": row.get("measured_on"),

@@ -79,11 +79,20 @@ def _estimate_text(est: Any) -> str:
     return f"{est:.2f}" if _finite(est) else "?"
 
 
+def latency_untrustworthy(row: dict[str, Any]) -> list[str]:
+    """Why a measured latency should not be compared (spread, a busy machine); [] when it can be."""
+    cond = row.get("latency_conditions")
+    if latency_kind(row) != "measured" or not isinstance(cond, dict) or cond.get("trustworthy", True):
+        return []
+    return [str(r) for r in cond.get("reasons") or ["marked untrustworthy"]]
+
+
 def latency_text(row: dict[str, Any]) -> str:
     kind = latency_kind(row)
     if kind == "measured":
         lat = row["latency_ms"]
-        return " / ".join("-" if not _finite(lat.get(p)) else f"{lat[p]:.2f}" for p in ("p50", "p90", "p99"))
+        text = " / ".join("-" if not _finite(lat.get(p)) else f"{lat[p]:.2f}" for p in ("p50", "p90", "p99"))
+        return text + (" (noisy)" if latency_untrustworthy(row) else "")
     if kind == ESTIMATED:
         return f"~{_estimate_text(row['latency_estimate_ms'])} ({ESTIMATED})"
     return "not measured on device"
@@ -128,6 +137,12 @@ def results_table(rows: list[dict[str, Any]]) -> str:
 def notes(rows: list[dict[str, Any]]) -> list[str]:
     """Footnotes of the table: latency notes, why a TAR is missing, what an estimate is."""
     out = sorted({r["latency_note"] for r in rows if r.get("latency_note")})
+    for r in rows:
+        why = latency_untrustworthy(r)
+        if why:
+            out.append(
+                f"{r.get('name')} ({r.get('target')}): latency noisy, do not compare it: {'; '.join(why)}"
+            )
     if any(latency_kind(r) == ESTIMATED for r in rows):
         out.append(
             "latencies marked 'estimated' are not measurements (no device connected); "

@@ -98,3 +98,31 @@ def test_measure_embedder_latency_records_threads_and_batch():
     s = measure_embedder_latency(emb, warmup=2, runs=7)
     assert (s.threads, s.batch_size, s.runs, s.warmup) == (2, 4, 7, 2)
     assert len(emb.inputs) == 9 and all(x is emb.inputs[0] for x in emb.inputs)  # one input, built once
+
+
+def test_latency_conditions_flag_spread_and_a_busy_machine():
+    from devices.latency import latency_conditions, stats_from_samples
+
+    steady = stats_from_samples([10.0] * 50 + [11.0] * 50, threads=2)  # p50 10.5, p90 11: spread 4.8 %
+    calm = latency_conditions(steady, 0.4, 1.9, cpu_count=2)  # load 1.9 with our 2 threads: nobody else
+    assert calm["trustworthy"] and calm["others_share"] == 0.0 and calm["reasons"] == []
+    busy = latency_conditions(steady, 3.0, 4.2, cpu_count=2)  # (4.2 - 2) / 2 = 110 % of the cores
+    assert not busy["trustworthy"] and busy["others_share"] == pytest.approx(1.1)
+    assert "other processes kept about 100 % of the 2 cores busy (load average 4.20" in busy["reasons"][0]
+    jumpy = stats_from_samples([10.0] * 80 + [20.0] * 20, threads=1)  # p90 = 20: 100 % above p50
+    flagged = latency_conditions(jumpy, None, None, cpu_count=2)
+    assert flagged["others_share"] is None and flagged["reasons"] == ["p90 is 100 % above p50 (limit 25 %)"]
+
+
+def test_noisy_latency_is_marked_in_the_report_and_not_made_a_reference():
+    from pipeline.baseline import make_baseline
+    from pipeline.report import latency_text, notes
+
+    why = ["p90 is 200 % above p50 (limit 25 %)"]
+    row = {"name": "s", "target": "host", "measured_on": "host-cpu", "accuracy": 0.9,
+           "latency_ms": {"p50": 10.0, "p90": 30.0, "p99": 40.0},
+           "latency_conditions": {"trustworthy": False, "reasons": why}}  # fmt: skip
+    assert latency_text(row).endswith("(noisy)")
+    assert any("latency noisy, do not compare it: p90 is 200 %" in n for n in notes([row]))
+    base = make_baseline({"target": "host", "rows": [row]})["rows"][0]
+    assert "latency" not in base and any("too noisy when measured" in n for n in base["notes"])
