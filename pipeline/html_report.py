@@ -24,6 +24,7 @@ from pipeline.report import (
     floor_lines,
     fp32_reference,
     latency_kind,
+    latency_untrustworthy,
     notes,
     render_markdown,
 )
@@ -81,8 +82,9 @@ def _latency_cells(row: dict[str, Any]) -> list[str]:
     kind = latency_kind(row)
     if kind == "measured":
         lat = row["latency_ms"]
+        kind_cell = "measured (noisy)" if latency_untrustworthy(row) else "measured"
         return [_e(f"{lat[p]:.2f}") if _finite(lat.get(p)) else "-" for p in ("p50", "p90", "p99")] + [
-            "measured"
+            kind_cell
         ]
     if kind == "estimated":
         est = row.get("latency_estimate_ms")
