@@ -482,17 +482,21 @@ def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, va
 
 
 def _thresholds(model: Any, val: Any) -> dict[str, Any]:
-    """Cosine thresholds at FAR 1e-3/1e-4 on the verification set (flip fused), for the app's model card.
+    """Cosine thresholds at every FAR the verification set supports, for the app's model card.
 
-    Computed with the PyTorch model the artifacts were checked against (cosine >= parity threshold).
+    Computed the way an app compares faces: one embedding per face, no mirror (flip fusion would give
+    thresholds for scores the app never computes), with the PyTorch model the artifacts were checked
+    against (cosine >= parity threshold).
     """
     from deploy.model_card import fused_pairs, threshold_table
     from distill.evaluation import EVAL_BATCH, torch_embed_fn
     from distill.metrics.verification import embed_pairs
 
-    emb, emb_flip = embed_pairs(torch_embed_fn(model), val.images, batch_size=EVAL_BATCH, flip=True)
-    a, b = fused_pairs(emb, emb_flip)
-    return threshold_table(a, b, val.issame, measured_on=f"{val.name} (PyTorch reference of these artifacts)")
+    emb, _ = embed_pairs(torch_embed_fn(model), val.images, batch_size=EVAL_BATCH, flip=False)
+    a, b = fused_pairs(emb, None)
+    return threshold_table(
+        a, b, val.issame, measured_on=f"{val.name} (PyTorch reference of these artifacts)", flip_fused=False
+    )
 
 
 def _version() -> str:

@@ -199,3 +199,12 @@ def test_embedding_again_replaces_the_entry(tflite_file, tmp_path):
     assert read_metadata(model) == {"version": "2"}
     names = [m.name.decode() for m in flatbuffer_utils.read_model(str(model)).metadata]
     assert names.count(METADATA_NAME) == 1
+
+
+def test_card_thresholds_cover_every_far_the_set_supports():
+    a, b, issame = random_pairs(1200, 600, seed=3)  # the default set: 600 negatives
+    table = threshold_table(a, b, issame)
+    assert table["at_far"]["1e-2"]["cosine"] is not None  # 600 >= 100 negatives: resolvable
+    far3 = table["at_far"]["1e-3"]
+    assert far3["cosine"] is None and "need at least 1000" in far3["reason"]
+    assert table["flip_fused"] is False and "no mirror" in table["compared_as"]
