@@ -21,19 +21,8 @@ from typing import Any
 import tomllib
 import yaml
 
+from distill.data.synth import SynthSpec
 from distill.errors import InputError
-
-
-@dataclass
-class SynthConfig:
-    """Size and difficulty of the synthetic data set the default run generates."""
-
-    train_identities: int = 300
-    images_per_identity: int = 24
-    val_identities: int = 200
-    val_pairs: int = 1200
-    difficulty: float = 0.5
-    seed: int = 0
 
 
 @dataclass
@@ -42,7 +31,7 @@ class DataConfig:
 
     train: str = ""  # folder with train.rec/train.idx, or an image folder; "" = synthesize
     val: list[str] = field(default_factory=list)  # .bin files or pairs folders; [] = synthetic val set
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    synth: SynthSpec = field(default_factory=SynthSpec)  # the generator's own settings
     workers: int = 0  # DataLoader worker processes (0 = decode in the training process)
 
 
@@ -197,6 +186,16 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        items = typing.get_args(tp)
+        if len(items) == 2 and items[1] is Ellipsis:
+            items = (items[0],) * len(value)
+        if len(items) != len(value):
+            raise InputError(f"{where}: expected {len(items)} values, got {len(value)}")
+        pairs = enumerate(zip(items, value, strict=True))
+        return tuple(_coerce(t, v, f"{where}[{i}]") for i, (t, v) in pairs)
     if origin in (list,):
         if not isinstance(value, list):
             raise InputError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
@@ -260,8 +259,10 @@ def validate_stage_one(data: DataConfig, teacher: TeacherConfig, distill: Distil
     """Checks of the data, teacher and distill sections that need more than types."""
     validate_train("teacher.train", teacher.train)
     validate_train("distill.train", distill.train)
-    if not 0.0 <= data.synth.difficulty <= 1.0:
-        raise InputError(f"data.synth.difficulty: must be in [0, 1], got {data.synth.difficulty}")
+    try:
+        data.synth.validate()
+    except ValueError as exc:
+        raise InputError(f"data.synth.{exc}") from None  # its messages start with the field name
     if data.synth.val_pairs < 20 or data.synth.val_pairs % 2:
         raise InputError(f"data.synth.val_pairs: must be an even number >= 20, got {data.synth.val_pairs}")
     if teacher.onnx and teacher.checkpoint:

@@ -328,9 +328,9 @@ def _data(args: argparse.Namespace) -> int:
     ):
         if getattr(args, arg) is not None:
             spec[key] = getattr(args, arg)
-    cfg.data.synth = type(cfg.data.synth)(**spec)
+    cfg.data.synth = SynthSpec(**spec)
     validate(cfg)
-    summary = synthesize(Path(args.out), SynthSpec(**spec), progress=not args.no_progress)
+    summary = synthesize(Path(args.out), cfg.data.synth, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 

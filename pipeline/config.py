@@ -24,6 +24,7 @@ from distill.config import (
     to_dict,
     validate_stage_one,
 )
+from distill.data.synth import TINY as SYNTH_TINY
 from distill.errors import InputError
 
 
@@ -42,9 +43,7 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "tiny": {
-        "data": {
-            "synth": {"train_identities": 12, "images_per_identity": 6, "val_identities": 10, "val_pairs": 40}
-        },
+        "data": {"synth": dict(SYNTH_TINY)},
         "teacher": {
             "arch_params": {"base_width": 8},
             "train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4},

@@ -68,9 +68,9 @@ def stage_data(ctx: Context) -> dict[str, Any]:
 
         def fn(work: Path) -> StageOutcome:
             from distill.data.faces import open_verification
-            from distill.data.synth import SynthSpec, synthesize
+            from distill.data.synth import synthesize
 
-            summary = synthesize(work, SynthSpec(**asdict(d.synth)), progress=ctx.progress)
+            summary = synthesize(work, d.synth, progress=ctx.progress)
             info = {"train": "train.rec", "val": ["synth_val.bin"], "synthetic": True, **_plain(summary)}
             val = open_verification(work / "synth_val.bin")
             info["val_sets"] = _val_set_ids([work / "synth_val.bin"], [val])

@@ -28,24 +28,24 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_set_layout(tiny_dir: Path) -> None:
     assert sorted(p.name for p in tiny_dir.iterdir()) == sorted(FILES)
-    assert (tiny_dir / "property").read_text() == "10,112,112\n"
+    assert (tiny_dir / "property").read_text() == "12,112,112\n"
     ds = open_train_set(tiny_dir)
-    assert len(ds) == 40
-    assert ds.labels.tolist() == np.repeat(np.arange(10), 4).tolist()
-    img, label = ds[5]
+    assert len(ds) == 72
+    assert ds.labels.tolist() == np.repeat(np.arange(12), 6).tolist()
+    img, label = ds[7]
     assert img.dtype == np.uint8 and img.shape == (112, 112, 3) and label == 1
-    assert ds.read_encoded(5)[:2] == b"\xff\xd8"  # JPEG like InsightFace packs
+    assert ds.read_encoded(7)[:2] == b"\xff\xd8"  # JPEG like InsightFace packs
     vs = open_verification(tiny_dir / "synth_val.bin")
-    assert vs.images.shape == (40, 112, 112, 3)
-    assert vs.issame.sum() == 10 and len(vs.issame) == 20
+    assert vs.images.shape == (80, 112, 112, 3)
+    assert vs.issame.sum() == 20 and len(vs.issame) == 40
     meta = json.loads((tiny_dir / "synth_meta.json").read_text())
     assert meta["spec"] == json.loads(json.dumps(dataclasses.asdict(SynthSpec.tiny())))
-    assert meta["train_images"] == 40 and meta["val_pairs"] == 20
+    assert meta["train_images"] == 72 and meta["val_pairs"] == 40
 
 
 def test_same_seed_gives_identical_files(tiny_dir: Path, tmp_path: Path) -> None:
     summary = synthesize(tmp_path / "again", SynthSpec.tiny(), progress=False)
-    assert summary["train_images"] == 40
+    assert summary["train_images"] == 72
     for name in FILES:
         assert (tmp_path / "again" / name).read_bytes() == (tiny_dir / name).read_bytes(), name
     synthesize(tmp_path / "other", SynthSpec.tiny(seed=1), progress=False)

@@ -861,6 +861,10 @@ def render_identity_images(
     return out, vars_
 
 
+# The one "tiny" size: the smoke preset's data and the tests' (pipeline.config PRESETS["tiny"] uses it).
+TINY = {"train_identities": 12, "images_per_identity": 6, "val_identities": 10, "val_pairs": 40}
+
+
 @dataclass
 class SynthSpec:
     """Sizes and knobs of a synthetic data set (defaults: small enough for a CPU run)."""
@@ -875,15 +879,8 @@ class SynthSpec:
 
     @classmethod
     def tiny(cls, seed: int = 0, difficulty: float = 0.5) -> SynthSpec:
-        """10 identities x 4 images, 6 held-out identities / 20 pairs: for tests and smoke runs."""
-        return cls(
-            train_identities=10,
-            images_per_identity=4,
-            val_identities=6,
-            val_pairs=20,
-            difficulty=difficulty,
-            seed=seed,
-        )
+        """The ``--preset tiny`` set (12 identities x 6 images, 10 held-out identities / 40 pairs)."""
+        return cls(**TINY, difficulty=difficulty, seed=seed)
 
     def validate(self) -> None:
         if self.train_identities < 1 or self.images_per_identity < 1:
