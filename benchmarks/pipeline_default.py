@@ -1,4 +1,6 @@
-"""Benchmark: the whole default pipeline on this machine, against the walking-skeleton targets.
+"""Benchmark: the whole default pipeline on this machine, against the first release's targets.
+
+(These were the "walking skeleton" targets: the whole chain, every stage, on the 2-core CPU machine.)
 
 Runs ``python -m pipeline all --target jetson`` (the README's main command; ``--target`` picks another)
 with the default preset in a fresh run folder, then checks

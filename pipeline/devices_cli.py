@@ -40,7 +40,15 @@ def add_devices_commands(sub: Any) -> None:
             help="extra folder of device .yaml files (repeatable; also env FACEKD_DEVICES)",
         )
         p.add_argument("--json", action="store_true", help="print JSON")
-    chk.add_argument("--target", required=True, metavar="NAME", help="device name from 'devices list'")
+    # --device as in 'all'/'measure' (there --target is host/jetson/android); --target kept as an alias
+    chk.add_argument(
+        "--device",
+        "--target",
+        dest="target",
+        required=True,
+        metavar="NAME",
+        help="device name from 'devices list'",
+    )
     ssh = chk.add_argument_group("ssh (Jetson)")
     ssh.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="reach the device over ssh")
     ssh.add_argument("--key", help="private key file (key authentication only)")
@@ -55,7 +63,12 @@ def add_devices_commands(sub: Any) -> None:
     adb.add_argument(
         "--benchmark-model", help="LiteRT benchmark_model binary for the phone (android_aarch64)"
     )
-    adb.add_argument("--delegate", default="xnnpack", choices=["cpu", "xnnpack", "gpu", "nnapi"])
+    adb.add_argument(
+        "--delegate",
+        default="xnnpack",
+        choices=["cpu", "xnnpack", "gpu", "nnapi"],
+        help="LiteRT delegate to check [default: xnnpack]",
+    )
 
 
 def run_devices_command(args: argparse.Namespace) -> int | None:

@@ -189,7 +189,7 @@ def test_devices_check_without_a_connection(capsys):
     assert run_devices_command(parse(["devices", "check", "--target", "jetson-orin-nano"])) == 0
     out = capsys.readouterr().out
     assert "no device given" in out and "estimated" in out and "Orin Nano Series Data Sheet" in out
-    assert run_devices_command(parse(["devices", "check", "--target", "host-cpu", "--json"])) == 0
+    assert run_devices_command(parse(["devices", "check", "--device", "host-cpu", "--json"])) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["reachable"] is True and report["versions"]["onnxruntime"]
     with pytest.raises(InputError, match="unknown device"):
