@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distill.errors import InputError
 from pipeline.cli import main
 from pipeline.runfolder import sha256_file
 
@@ -128,13 +129,22 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys
     assert "fake-quant" in int8["parity"]["reference"]
     assert int8["source_checkpoint"] == sha256_file(out / "qat" / "qat.pt")
     assert "student_int8.onnx" in (export / int8["companions"][0]).read_text()
-    # a file changed after export (same size, so the export stage still looks current) is refused by measure
+    # a same-size edit of a shipped file is seen (outputs are checked by content), so the export stage runs
+    # again and ships what it builds; measure itself also refuses a file that does not match artifacts.json
     onnx = export / "student_fp32.onnx"
     data = bytearray(onnx.read_bytes())
     data[-1] ^= 0xFF
     onnx.write_bytes(bytes(data))
-    assert main(["measure", "--out", str(out), "--force", "--no-progress"]) == 2
-    assert "student_fp32.onnx: sha256 does not match artifacts.json" in _one_error_line(capsys)
+    capsys.readouterr()
+    assert main(["measure", "--out", str(out), "--force", "--no-progress"]) == 0
+    assert "[export] running" in capsys.readouterr().out
+    listed = json.loads((export / "artifacts.json").read_text())["artifacts"]
+    assert next(a["sha256"] for a in listed if a["file"] == onnx.name) == sha256_file(onnx)
+    from pipeline.stages import _verify_artifact_hashes
+
+    onnx.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x0F]))
+    with pytest.raises(InputError, match="student_fp32.onnx: sha256 does not match artifacts.json"):
+        _verify_artifact_hashes(export, listed)
 
 
 # ------------------------------------------------------------------------------------ bad input
