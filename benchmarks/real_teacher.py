@@ -112,14 +112,25 @@ def main() -> int:
     base = Path(args.out)
     label_free = yaml.safe_load((ROOT / "configs" / "label-free.yaml").read_text())
 
+    partial = Path(args.json).with_suffix(".partial.json")  # finished runs survive an interrupted benchmark
+    done = {r["run"]: r for r in json.loads(partial.read_text())["runs"]} if partial.is_file() else {}
     runs: list[dict[str, Any]] = []
+
+    def keep(record: dict[str, Any]) -> None:
+        runs.append(record)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+
     faceres_dir = base / "faceres"
     for name, distill in (("faceres-labelled", None), ("faceres-label-free", label_free["distill"])):
+        if name in done:
+            keep(done[name])
+            continue
         config: dict[str, Any] = {"teacher": FACERES, "qat": {"enabled": True}}  # tiny turns QAT off
         if distill is not None:
             config["distill"] = distill
         wall = _run(faceres_dir, name, args.preset, "android", config)  # label-free reuses data/teacher/cache
-        runs.append(
+        keep(
             {
                 "run": name,
                 "teacher": "FaceRes (../shared/real, real faces)",
@@ -129,10 +140,12 @@ def main() -> int:
             }
         )
     floors = _floors(faceres_dir)
-    if not args.skip_own:
+    if not args.skip_own and "own (README main command)" in done:
+        keep(done["own (README main command)"])
+    elif not args.skip_own:
         own_dir = base / "own"
         wall = _run(own_dir, "own", args.preset, "jetson", {"qat": {"enabled": True}})
-        runs.append(
+        keep(
             {
                 "run": "own (README main command)",
                 "teacher": "iResNet-18/2 trained here on generated faces",
