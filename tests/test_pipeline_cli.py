@@ -325,6 +325,7 @@ def test_settings_that_would_delete_artifacts_need_force(tmp_path, capsys):
     (out / "export" / "artifacts.json").write_text(json.dumps({"artifacts": [{"file": f} for f in files]}))
     config = deep_merge(to_dict(Config()), PRESETS["tiny"])
     stored = {"config": config, "target": "android", "preset": "tiny", "layers": [{"qat": {"enabled": True}}]}
+    stored = json.loads(json.dumps(stored))  # as JSON holds it (tuples become lists)
     (out / "run.json").write_text(json.dumps(stored))
     assert main(["export", "--out", str(out), "--target", "jetson", "--no-progress"]) == 2
     line = _one_error_line(capsys)
