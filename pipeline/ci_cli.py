@@ -34,8 +34,10 @@ exit codes: 0 every rule holds, 1 a rule failed, 2 unusable input (missing/malfo
 """
 
 BASELINE_EPILOG = """\
-Default tolerances: accuracy drop <= max(0.5 pts, 0.5 x 10-fold std); TAR@FAR drop <= 2 pts where
-computable; latency p50 +25 % (only rows with a real measurement, tied to their measured_on); size +5 %.
+Default tolerances: accuracy drop <= max(0.5 pts, 0.5 x 10-fold std, 2 binomial sd on the set's pairs);
+the verification sets (name, pairs, hash) are recorded and a run on other sets is refused; TAR@FAR drop
+<= 2 pts where computable; latency p50 +25 % (only rows with a real measurement, tied to their
+measured_on); size +5 %.
 Commit the file and review it like code: it is what "worse" means for CI.
 
 examples:
@@ -96,6 +98,13 @@ def add_ci_commands(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.5,
         help="also allow a drop of K x the baseline's 10-fold accuracy std; 0 disables [default: 0.5]",
+    )
+    b.add_argument(
+        "--accuracy-binomial-k",
+        type=float,
+        default=2.0,
+        help="also allow a drop of K binomial standard deviations of an accuracy on the set's pair count, "
+        "sqrt(p(1-p)/pairs); 0 disables [default: 2]",
     )
     b.add_argument("--accuracy-floor", type=float, help="absolute accuracy floor for every row, 0..1")
     b.add_argument(
@@ -202,6 +211,7 @@ def _baseline(args: argparse.Namespace) -> int:
     tol = Tolerances(
         accuracy_max_drop=args.accuracy_max_drop,
         accuracy_std_k=args.accuracy_std_k,
+        accuracy_binomial_k=args.accuracy_binomial_k,
         accuracy_floor=args.accuracy_floor,
         tar_max_drop=args.tar_max_drop,
         tar_floor=args.tar_floor,
