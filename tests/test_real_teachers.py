@@ -132,11 +132,15 @@ def test_arcface_torch_backbone_pth_loads_by_architecture_name(tmp_path):
     spec = {"checkpoint": str(pth), "arch": "iresnet18", "embedding_dim": 64}
     spec.update(arch_params={"base_width": 8}, allow_chance=True)  # random weights: at chance
     out = tmp_path / "run"
-    proc = _cli("teacher", "--preset", "tiny", "--config", _config(tmp_path, "pth", {"teacher": spec}),
-                "--out", str(out))  # fmt: skip
+    proc = _cli("all", "--preset", "tiny", "--config", _config(tmp_path, "pth", {"teacher": spec}),
+                "--target", "jetson", "--out", str(out))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     teacher = json.loads((out / "teacher" / "teacher.json").read_text())
     assert teacher["kind"] == "state_dict" and teacher["embedding_dim"] == 64
+    results = json.loads((out / "results.json").read_text())  # measured and estimated like any teacher
+    row = next(r for r in results["rows"] if r["role"] == "teacher")
+    assert row["format"] == "pytorch" and row["accuracy"] == pytest.approx(teacher["synth_val/accuracy"])
+    assert "teacher" in {e["model"] for e in results["estimator_error_on_host"]}
     vs = open_verification(out / "data" / "synth_val.bin")
     want = evaluate_sets(torch_embed_fn(net), [vs], flip=True)["synth_val"].accuracy
     assert teacher["synth_val/accuracy"] == pytest.approx(want)
