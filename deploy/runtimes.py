@@ -221,21 +221,24 @@ class TfliteEmbedder:
         return self._interpreter.get_tensor(self._out_index)
 
 
-class TorchEmbedder:
-    """A PyTorch module on CPU in eval mode (a private copy, so the caller's model is untouched)."""
+class FedEmbedder:
+    """A model behind a torch function of the project's input (NCHW float, normalised).
 
-    format: Format = "pytorch"
+    ``fn`` may be a PyTorch module, or an external teacher that does its own layout, scaling and
+    resizing (``Teacher.embed``), so accuracy and latency are those of the model as the pipeline feeds it.
+    """
+
     batch_size: int | None = None
 
     def __init__(
         self,
-        model: nn.Module,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        fmt: Format,
+        name: str,
         num_threads: int | None = None,
-        name: str | None = None,
         input_chw: tuple[int, int, int] = DEFAULT_CHW,
     ):
-        self.model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
-        self.name = name or type(model).__name__
+        self.fn, self.format, self.name = fn, fmt, name
         self.num_threads = resolve_threads(num_threads)
         self.input_chw = tuple(input_chw)
 
@@ -246,44 +249,31 @@ class TorchEmbedder:
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x)).numpy()
+            return self.fn(torch.from_numpy(x)).numpy()
 
     def run_once(self, x: np.ndarray) -> object:
         """Sets torch's (process-wide) thread count to ``num_threads`` if it differs, and leaves it."""
         if torch.get_num_threads() != self.num_threads:
             torch.set_num_threads(self.num_threads)
         with torch.inference_mode():
-            return self.model(torch.from_numpy(x))
+            return self.fn(torch.from_numpy(x))
 
     def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
         return random_images(latency_batch(None, batch_size, self.name), self.input_chw, seed)
 
 
-class FedEmbedder:
-    """A model behind a function of the project's input, e.g. an external teacher fed by its contract.
+class TorchEmbedder(FedEmbedder):
+    """A PyTorch module on CPU in eval mode (a private copy, so the caller's model is untouched)."""
 
-    ``fn`` takes the project's normalised NCHW 112 batch (torch) and does its own layout, scaling and
-    resizing, so accuracy and latency are those of the model as the pipeline feeds it.
-    """
-
-    batch_size: int | None = None
-    input_chw = DEFAULT_CHW
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], fmt: Format, name: str, num_threads: int):
-        self.fn, self.format, self.name = fn, fmt, name
-        self.num_threads = resolve_threads(num_threads)
-
-    def embed(self, x: np.ndarray) -> np.ndarray:
-        x = check_input(self.name, x, self.input_chw)
-        with _torch_threads(self.num_threads):
-            return embed_in_chunks(self.run_once, x, None)
-
-    def run_once(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.fn(torch.from_numpy(x)).numpy()
-
-    def latency_input(self, batch_size: int | None = None, seed: int = 0) -> np.ndarray:
-        return random_images(latency_batch(None, batch_size, self.name), self.input_chw, seed)
+    def __init__(
+        self,
+        model: nn.Module,
+        num_threads: int | None = None,
+        name: str | None = None,
+        input_chw: tuple[int, int, int] = DEFAULT_CHW,
+    ):
+        self.model = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
+        super().__init__(self.model, "pytorch", name or type(model).__name__, num_threads, input_chw)
 
 
 @contextlib.contextmanager

@@ -241,8 +241,8 @@ def _context(args: argparse.Namespace) -> Any:
     from distill.atomic import write_json
     from distill.config import from_dict, read_config_file, to_dict
     from pipeline.config import Config, config_from_layers, validate
-    from pipeline.runfolder import RunFolder, refuse_discarding
-    from pipeline.stages import Context
+    from pipeline.runfolder import RunFolder
+    from pipeline.stages import Context, refuse_discarding
 
     run = RunFolder(args.out)
     saved = run.root / "run.json"

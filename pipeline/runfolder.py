@@ -252,30 +252,6 @@ def _quiet(message: str) -> None:
     """Ranks other than 0 keep the log to rank 0."""
 
 
-def refuse_discarding(root: Path, stored: dict[str, Any], target: str, cfg: Any) -> None:
-    """InputError when the new settings would replace shipped artifacts of this run with other ones.
-
-    A new target exports other formats, and turning stage two off drops the INT8 files: both delete
-    finished artifacts. ``--force`` (or another ``--out``) says that is intended.
-    """
-    listing = root / "export" / "artifacts.json"
-    if not listing.is_file():
-        return
-    files = [a["file"] for a in json.loads(listing.read_text()).get("artifacts", [])]
-    old_target = stored.get("target")
-    if old_target and target != old_target:
-        raise InputError(
-            f"{root}: this run's artifacts are for --target {old_target} ({', '.join(files)}); "
-            f"--target {target} would replace them. Use another --out, or add --force to replace them"
-        )
-    int8 = [f for f in files if "_int8." in f]
-    if int8 and not cfg.qat.enabled:
-        raise InputError(
-            f"{root}: qat.enabled: false would delete the INT8 artifacts ({', '.join(int8)}). "
-            "Use another --out, or add --force"
-        )
-
-
 def headline(metrics: dict[str, Any]) -> str:
     """The figures a person wants on the console when a stage ends: verification accuracies."""
     found = []

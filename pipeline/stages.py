@@ -243,7 +243,7 @@ def teacher_descriptor(ctx: Context) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def open_teacher(ctx: Context) -> Any:
+def open_teacher(ctx: Context, num_threads: int | None = None) -> Any:
     """The run's teacher, fed exactly as the teacher stage recorded (no re-detection, no re-probing)."""
     from distill.teacher import load_teacher
     from distill.teacher_input import InputContract
@@ -251,7 +251,9 @@ def open_teacher(ctx: Context) -> Any:
     desc = teacher_descriptor(ctx)
     contract = InputContract.from_dict(desc["input"]) if desc.get("input") else None
     trained = ctx.run.stage_dir("teacher") / "teacher.pt"
-    return load_teacher(ctx.cfg.teacher, trained if trained.exists() else None, contract=contract)
+    return load_teacher(
+        ctx.cfg.teacher, trained if trained.exists() else None, contract=contract, num_threads=num_threads
+    )
 
 
 def _upstream(ctx: Context, *stages: str) -> dict[str, Any]:
@@ -716,9 +718,33 @@ def _teacher_for_measure(ctx: Context, threads: int) -> tuple[Path | None, Any]:
     kind, path = _teacher_source(ctx)
     if kind == "trained":
         return (path, path) if path.is_file() else (None, None)
-    teacher = open_teacher(ctx)
+    teacher = open_teacher(ctx, num_threads=threads)  # timed with the same threads as every other row
     fmt = "onnx" if kind == "onnx" else "pytorch"
     return path, FedEmbedder(teacher.embed, fmt, name="teacher", num_threads=threads)
+
+
+def refuse_discarding(root: Path, stored: dict[str, Any], target: str, cfg: Any) -> None:
+    """InputError when the new settings would replace shipped artifacts of this run with other ones.
+
+    A new target exports other formats, and turning stage two off drops the INT8 files: both delete
+    finished artifacts. ``--force`` (or another ``--out``) says that is intended.
+    """
+    listing = root / "export" / "artifacts.json"
+    if not listing.is_file():
+        return
+    files = [a["file"] for a in json.loads(listing.read_text()).get("artifacts", [])]
+    old_target = stored.get("target")
+    if old_target and target != old_target:
+        raise InputError(
+            f"{root}: this run's artifacts are for --target {old_target} ({', '.join(files)}); "
+            f"--target {target} would replace them. Use another --out, or add --force to replace them"
+        )
+    int8 = [f for f in files if "_int8." in f]
+    if int8 and not cfg.qat.enabled:
+        raise InputError(
+            f"{root}: qat.enabled: false would delete the INT8 artifacts ({', '.join(int8)}). "
+            "Use another --out, or add --force"
+        )
 
 
 def _verify_artifact_hashes(export_dir: Path, artifacts: list[dict[str, Any]]) -> None:
