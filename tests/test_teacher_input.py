@@ -329,3 +329,24 @@ def test_pixel_floor_scores_identical_genuine_crops_perfectly():
     floor = pixel_floor([vs])["toy"]
     assert floor["accuracy"] == 1.0 and floor["pairs"] == 20 and floor["roc_auc"] == 1.0
     assert chance_limit(100) == pytest.approx(0.6) and chance_limit(10_000) == pytest.approx(0.51)
+
+
+def test_pixel_floor_equals_the_protocol_on_the_full_pixel_vectors():
+    from distill.data.verification_bin import VerificationSet
+    from distill.evaluation import pixel_floor
+
+    rng = np.random.default_rng(4)
+    base = rng.integers(0, 256, size=(30, 112, 112, 3)).astype(np.int16)
+    imgs = np.repeat(base, 2, axis=0) + rng.integers(-90, 90, size=(60, 112, 112, 3))
+    imgs = np.clip(imgs, 0, 255).astype(np.uint8)
+    issame = np.tile([True, False], 15)
+    imgs[1::2][~issame] = rng.integers(0, 256, size=(15, 112, 112, 3), dtype=np.uint8)
+    imgs[4] = 127  # near-grey crops: tiny centred vectors, their cosine still exact
+    imgs[6] = 128
+    vs = VerificationSet(name="v", images=imgs, issame=issame)
+    flat = (imgs.reshape(60, -1).astype(np.float64) - 127.5) / 127.5
+    want = evaluate_verification(flat, None, issame)  # the protocol on the whole pixel vectors
+    got = pixel_floor([vs], chunk=7)["v"]
+    assert got["accuracy"] == pytest.approx(want.accuracy, abs=1e-12)
+    assert got["accuracy_std"] == pytest.approx(want.accuracy_std, abs=1e-12)
+    assert got["roc_auc"] == pytest.approx(want.roc_auc, abs=1e-12)
