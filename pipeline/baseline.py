@@ -23,6 +23,7 @@ from typing import Any
 
 from distill.errors import InputError
 from pipeline.gate import BASELINE_VERSION, PERCENTILES, check_baseline, check_results
+from pipeline.report import finite as _finite
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,6 @@ class Tolerances:
     latency_percentiles: tuple[str, ...] = ("p50",)
     latency: bool = True  # False: no latency rules at all (e.g. a CI runner with unstable timing)
     size_max_increase_pct: float = 5.0
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _row_baseline(

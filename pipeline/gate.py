@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import InputError
+from pipeline.report import finite
 
 BASELINE_VERSION = 1
 _ROW_KEYS = {"name", "target", "measured_on", "accuracy", "tar_at_far", "latency", "size", "notes"}
@@ -295,10 +296,6 @@ def _check_latency(sec: dict[str, Any] | None, where: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ gate
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _row_label(row: dict[str, Any]) -> str:
     return f"{row['name']} @ {row['target']} ({row.get('measured_on') or 'not measured'})"
 
@@ -427,7 +424,7 @@ class _RowGate:
             self.add(
                 "accuracy", "pixel_floor", rule, "-", "missing", False, f"{self.label}: {why}", "missing"
             )
-        elif not _is_num(floor):
+        elif not finite(floor):
             msg = f"{self.label}: the results have no pixel floor for '{val}'"
             self.add("accuracy", "pixel_floor", rule, "-", _pct(actual), False, msg, "missing")
         elif actual > float(floor):

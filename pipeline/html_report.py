@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pipeline.report import (
     notes,
     render_markdown,
 )
+from pipeline.report import finite as _finite
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 HISTORY_STAGES = ("teacher", "distill", "qat")
@@ -47,10 +47,6 @@ img { max-width: 100%; height: auto; border: 1px solid #eee; }
 code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 0.82rem; }
 pre { background: #f6f8fa; padding: 0.8rem; overflow-x: auto; }
 """
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _e(x: Any) -> str:

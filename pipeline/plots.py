@@ -11,6 +11,8 @@ import io
 import math
 from typing import Any
 
+from pipeline.report import finite as _finite
+
 ESTIMATED_LABEL = "estimated"
 _LOSS_SKIP = {"step", "lr", "epoch", "images", "seconds", "images_per_second"}
 
@@ -25,10 +27,6 @@ def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")  # Figure.savefig uses the Agg canvas for PNG; no backend switch
     return buf.getvalue()
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def short_name(row: dict[str, Any]) -> str:

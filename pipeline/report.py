@@ -16,8 +16,12 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
+    """A real number that is not NaN/inf (bool excluded): what a results figure must be to be shown."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_finite = finite
 
 
 def model_of(row: dict[str, Any]) -> str:
