@@ -104,21 +104,33 @@ def export_artifacts(
     return artifacts
 
 
-def add_model_cards(artifacts: list[Artifact], out_dir: Path, *, thresholds: dict, version: str) -> None:
-    """App-ready sidecar (and embedded metadata) for every .tflite; changes the file, so hash after."""
-    from deploy.model_card import write_model_card
+CARD_FORMATS = ("tflite", "onnx", "tensorrt")
 
-    for art in artifacts:
-        if art.format != "tflite":
-            continue
+
+def add_model_cards(artifacts: list[Artifact], out_dir: Path, *, thresholds: dict, version: str) -> None:
+    """A card for every artifact: sidecar JSON, and inside the file where the format has a field for it.
+
+    Embedding changes a .tflite/.onnx file, so hash after. An engine's card is its ONNX's (same stem),
+    so pass the engines together with the ONNX they were built from.
+    """
+    from deploy.model_card import write_engine_card, write_model_card
+
+    cards: dict[str, dict] = {}
+    for art in sorted(artifacts, key=lambda a: a.format == "tensorrt"):  # ONNX cards before engines
         card = Path(art.file).with_suffix(".json").name
-        write_model_card(
-            out_dir / card,
-            out_dir / art.file,
-            version=version,
-            thresholds=thresholds,
-            precision=art.precision,
-        )
+        if art.format in ("tflite", "onnx"):
+            cards[Path(art.file).stem] = write_model_card(
+                out_dir / card,
+                out_dir / art.file,
+                version=version,
+                thresholds=thresholds,
+                precision=art.precision,
+            )
+        elif art.format == "tensorrt" and Path(art.file).stem in cards:
+            card = Path(art.file).stem + ".engine.json"  # the ONNX's sidecar has the plain stem
+            write_engine_card(out_dir / card, out_dir / art.file, cards[Path(art.file).stem])
+        else:
+            continue
         art.companions.append(card)
 
 
@@ -150,6 +162,7 @@ def add_tensorrt(artifacts: list[Artifact], out_dir: Path, *, log=print) -> list
                     file=engine,
                     batch_size=art.batch_size,
                     parity=None,
+                    source=art.source,  # an engine from the INT8 ONNX carries QAT's thresholds
                 )
             )
     if not ok:

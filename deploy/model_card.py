@@ -1,14 +1,16 @@
-"""The app-ready model card: everything an Android app needs to feed a .tflite and use its output.
+"""The model card: everything an app or a Jetson service needs to feed a shipped model and use its output.
 
-An app developer gets ``student_fp16.tflite`` plus ``student_fp16.json`` (the sidecar) and should not
+Every artifact gets one (``.tflite``, ``.onnx``, and a TensorRT ``.engine`` built here). An app developer
+gets ``student_fp16.tflite`` plus ``student_fp16.json`` (the sidecar) and should not
 have to read this repository to use them: input tensor name/shape/dtype/layout, how pixels are
 normalised, colour order, the 5-point alignment template the crops were made with, embedding size,
 whether the output is already L2-normalised, and the cosine thresholds that give a known false-accept
 rate, measured on a verification set with the artifact's own embeddings (thresholds move with
 quantization, so each artifact gets its own).
 
-The same JSON (minus ``sha256``, which a file cannot contain of itself) is embedded in the flatbuffer's
-``metadata`` vector under the name :data:`METADATA_NAME`, so a model file that travels alone still says
+The same JSON (minus ``sha256``, which a file cannot contain of itself) is embedded in the file under the
+name :data:`METADATA_NAME` (the flatbuffer's ``metadata`` vector of a .tflite; ``metadata_props`` of an
+ONNX; an engine carries none, TensorRT has no such field), so a model file that travels alone still says
 how to use it. This is a plain named buffer, not tflite-support's ``TFLITE_METADATA`` schema: that
 package is stale (0.4.4, 2023) and has no face-embedding writer (shared/research/deploy.md §3.6).
 """
@@ -167,6 +169,49 @@ def tflite_io(path: str | os.PathLike) -> dict[str, Any]:
     return {"input": inp, "output": out}
 
 
+def onnx_io(path: str | os.PathLike) -> dict[str, Any]:
+    """Input/output tensors of an ONNX file in the card's form (a symbolic batch axis keeps its name)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as exc:  # protobuf's DecodeError is not a ValueError
+        raise InputError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from exc
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise InputError(
+            f"{path}: expected one input and one output, got {len(inputs)} and {len(graph.output)}"
+        )
+
+    def info(value: Any) -> dict[str, Any]:
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim]
+        return {
+            "name": value.name,
+            "shape": dims,
+            "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+        }
+
+    inp = info(inputs[0])
+    shape = inp["shape"]
+    if len(shape) != 4 or 3 not in (shape[1], shape[3]):
+        raise InputError(f"{path}: expected a 4-D RGB image input, got shape {shape}")
+    inp["layout"] = "NCHW" if shape[1] == 3 else "NHWC"
+    return {"input": inp, "output": info(graph.output[0])}
+
+
+def model_io(path: str | os.PathLike) -> dict[str, Any]:
+    """The card's input/output block of a .tflite or an ONNX file."""
+    suffix = Path(path).suffix
+    if suffix == ".tflite":
+        return tflite_io(path)
+    if suffix == ".onnx":
+        return onnx_io(path)
+    raise InputError(f"{path}: model cards are read from .tflite or .onnx files, not '{suffix}'")
+
+
 def _tensor_info(detail: dict) -> dict[str, Any]:
     info: dict[str, Any] = {
         "name": str(detail["name"]),
@@ -180,7 +225,7 @@ def _tensor_info(detail: dict) -> dict[str, Any]:
 
 
 def build_model_card(
-    tflite_path: str | os.PathLike,
+    model_path: str | os.PathLike,
     *,
     version: str,
     thresholds: dict[str, Any] | None,
@@ -188,14 +233,14 @@ def build_model_card(
     embedding_l2_normalized: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The card for one .tflite (without ``sha256``; :func:`write_model_card` adds it last)."""
-    io = tflite_io(tflite_path)
+    """The card for one .tflite or .onnx (without ``sha256``; :func:`write_model_card` adds it last)."""
+    io = model_io(model_path)
     inp = io["input"]
     size = inp["shape"][2] if inp["layout"] == "NCHW" else inp["shape"][1]
     scale = size / IMAGE_SIZE
     card: dict[str, Any] = {
         "schema": SCHEMA,
-        "file": Path(tflite_path).name,
+        "file": Path(model_path).name,
         "version": version,
         "precision": precision,
         "input": inp,
@@ -239,7 +284,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def write_model_card(
     path: str | os.PathLike,
-    tflite_path: str | os.PathLike,
+    model_path: str | os.PathLike,
     *,
     version: str,
     thresholds: dict[str, Any] | None,
@@ -250,11 +295,11 @@ def write_model_card(
 ) -> dict[str, Any]:
     """Write the sidecar JSON at ``path`` (atomic) and return the card.
 
-    With ``embed`` the card is first stored inside the .tflite (which changes the file), then the
-    sidecar records the sha256 of the final .tflite; hash the artifact only after this call.
+    With ``embed`` the card is first stored inside the model file (which changes the file), then the
+    sidecar records the sha256 of the final file; hash the artifact only after this call.
     """
     card = build_model_card(
-        tflite_path,
+        model_path,
         version=version,
         thresholds=thresholds,
         precision=precision,
@@ -263,16 +308,84 @@ def write_model_card(
     )
     card["metadata_embedded"] = METADATA_NAME if embed else None
     if embed:
-        embed_metadata(tflite_path, card)
-    card["sha256"] = sha256_of(tflite_path)
+        embed_metadata(model_path, card)
+    card["sha256"] = sha256_of(model_path)
+    write_json(path, card)
+    return card
+
+
+def write_engine_card(
+    path: str | os.PathLike, engine_path: str | os.PathLike, onnx_card: dict[str, Any]
+) -> dict[str, Any]:
+    """The card of a TensorRT engine: its ONNX's card (same I/O, same thresholds) naming the engine file."""
+    card = {k: v for k, v in onnx_card.items() if k not in ("sha256", "metadata_embedded")}
+    card.update(
+        file=Path(engine_path).name,
+        built_from=onnx_card["file"],
+        metadata_embedded=None,  # an engine has no metadata field: the sidecar is the only card
+        thresholds_note="measured on the ONNX it was built from; an engine built on another GPU or "
+        "TensorRT version can differ slightly: check with devices/measure before relying on 1e-3 and below",
+    )
+    card["sha256"] = sha256_of(engine_path)
     write_json(path, card)
     return card
 
 
 # ------------------------------------------------------------------------------ flatbuffer metadata
-def embed_metadata(
-    tflite_path: str | os.PathLike, card: dict[str, Any], *, name: str = METADATA_NAME
-) -> Path:
+def embed_metadata(model_path: str | os.PathLike, card: dict[str, Any], *, name: str = METADATA_NAME) -> Path:
+    """Store ``card`` as JSON inside the model file under ``name`` (.tflite or .onnx; replaces an old one)."""
+    if Path(model_path).suffix == ".onnx":
+        return _embed_onnx_metadata(Path(model_path), card, name)
+    return _embed_tflite_metadata(model_path, card, name)
+
+
+def read_metadata(model_path: str | os.PathLike, *, name: str = METADATA_NAME) -> dict[str, Any] | None:
+    """The JSON stored under ``name`` in a .tflite or .onnx, or None when there is none."""
+    if Path(model_path).suffix == ".onnx":
+        return _read_onnx_metadata(Path(model_path), name)
+    return _read_tflite_metadata(model_path, name)
+
+
+def _card_json(card: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in card.items() if k != "sha256"}, sort_keys=True, default=json_default)
+
+
+def _embed_onnx_metadata(path: Path, card: dict[str, Any], name: str) -> Path:
+    """ONNX ``metadata_props`` entry ``name`` = the card's JSON; onnxruntime must load the result."""
+    import onnx
+
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != name]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=name, value=_card_json(card))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        import onnxruntime as ort
+
+        ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    return path
+
+
+def _onnx_metadata_props(path: Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError is not a ValueError
+        raise InputError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from exc
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _read_onnx_metadata(path: Path, name: str) -> dict[str, Any] | None:
+    try:
+        props = _onnx_metadata_props(path)
+        return json.loads(props[name]) if name in props else None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: unreadable metadata '{name}' ({type(exc).__name__})") from exc
+
+
+def _embed_tflite_metadata(tflite_path: str | os.PathLike, card: dict[str, Any], name: str) -> Path:
     """Store ``card`` as JSON in the .tflite's ``metadata`` vector under ``name`` (replacing an old one).
 
     Rewritten through LiteRT's own flatbuffer bindings (``ai_edge_litert.tools.flatbuffer_utils``) and
@@ -283,8 +396,7 @@ def embed_metadata(
 
     path = Path(tflite_path)
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-    content = {k: v for k, v in card.items() if k != "sha256"}
-    payload = json.dumps(content, sort_keys=True, default=json_default).encode("utf-8")
+    payload = _card_json(card).encode("utf-8")
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(payload, dtype=np.uint8)
     existing = [m for m in (model.metadata or []) if _metadata_name(m) == name]
@@ -306,8 +418,7 @@ def embed_metadata(
     return path
 
 
-def read_metadata(tflite_path: str | os.PathLike, *, name: str = METADATA_NAME) -> dict[str, Any] | None:
-    """The JSON stored under ``name`` in a .tflite, or None when there is none."""
+def _read_tflite_metadata(tflite_path: str | os.PathLike, name: str) -> dict[str, Any] | None:
     from ai_edge_litert import schema_py_generated as schema
 
     path = Path(tflite_path)

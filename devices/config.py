@@ -14,9 +14,12 @@ class MeasureConfig:
     threads: int = 2
     warmup: int = 10
     runs: int = 100
+    rounds: int = 5  # latency of all models measured in turns, this many rounds (devices/latency.py)
     flip: bool = True
 
 
 def validate_measure(m: MeasureConfig) -> None:
     if m.runs < 1:
         raise InputError(f"measure.runs: must be >= 1, got {m.runs}")
+    if m.rounds < 1:
+        raise InputError(f"measure.rounds: must be >= 1, got {m.rounds}")

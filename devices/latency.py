@@ -123,6 +123,58 @@ def measure_embedder_latency(
     )
 
 
+@dataclass(frozen=True)
+class InterleavedLatency:
+    """One subject's latency from rounds shared with the others: pooled stats and each round's median."""
+
+    stats: LatencyStats
+    round_p50: list[float]
+    rounds: int
+
+
+def interleaved_latency(
+    subjects: Sequence[Embedder],
+    *,
+    warmup: int = 10,
+    runs: int = 100,
+    rounds: int = 5,
+    batch_size: int | None = 1,
+    clock_ns: Callable[[], int] = time.perf_counter_ns,
+) -> list[InterleavedLatency]:
+    """Latency of several models measured in turns, so a change in the machine's load hits them all alike.
+
+    Each model is warmed up ``warmup`` times, then ``rounds`` rounds run; in each round every model gets
+    ``ceil(runs / rounds)`` timed calls after one untimed call (its caches were just used by another
+    model), in an order rotated by one each round so none always follows the same neighbour. The pooled
+    samples give the percentiles; ``round_p50`` shows how far the rounds drifted.
+    """
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be >= 1, got {runs} and {rounds}")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, got {warmup}")
+    rounds = min(rounds, runs)
+    per_round = -(-runs // rounds)
+    inputs = [e.latency_input(batch_size, 0) for e in subjects]
+    calls = [(lambda e=e, x=x: e.run_once(x)) for e, x in zip(subjects, inputs, strict=True)]
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    samples: list[list[np.ndarray]] = [[] for _ in subjects]
+    order = list(range(len(subjects)))
+    for r in range(rounds):
+        turn = order[r % len(order) :] + order[: r % len(order)] if order else []
+        for i in turn:
+            calls[i]()
+            samples[i].append(time_calls(calls[i], per_round, clock_ns))
+    out = []
+    for e, x, per in zip(subjects, inputs, samples, strict=True):
+        stats = stats_from_samples(
+            np.concatenate(per), warmup=warmup, threads=e.num_threads, batch_size=int(x.shape[0])
+        )
+        out.append(InterleavedLatency(stats, [float(np.median(s)) for s in per], rounds))
+    return out
+
+
 SPREAD_LIMIT = 0.25  # (p90 - p50) / p50 above this: the samples disagree too much to compare runs
 OTHERS_LIMIT = 0.25  # share of the CPUs other processes kept busy (load average beyond our threads)
 
@@ -138,13 +190,18 @@ def load_snapshot() -> float | None:
 
 
 def latency_conditions(
-    stats: LatencyStats, load_before: float | None, load_after: float | None, cpu_count: int | None = None
+    stats: LatencyStats,
+    load_before: float | None,
+    load_after: float | None,
+    cpu_count: int | None = None,
+    round_p50: Sequence[float] | None = None,
 ) -> dict[str, object]:
     """How far to trust a host latency: its spread and how busy the machine was while it ran.
 
     ``others_share`` estimates the CPUs other processes used: the 1-minute load average beyond this
-    measurement's own threads, over the core count. A row is ``trustworthy`` when both the spread and
-    that share are under their limits; ``reasons`` says why not.
+    measurement's own threads, over the core count. With interleaved rounds, ``round_drift`` is the
+    largest round median over the smallest, minus one. A row is ``trustworthy`` when the spread, the
+    drift and that share are under their limits; ``reasons`` says why not.
     """
     import os
 
@@ -156,6 +213,15 @@ def latency_conditions(
     reasons = []
     if spread > SPREAD_LIMIT:
         reasons.append(f"p90 is {100 * spread:.0f} % above p50 (limit {100 * SPREAD_LIMIT:.0f} %)")
+    drift = None
+    if round_p50:
+        low = min(round_p50)
+        drift = max(round_p50) / low - 1.0 if low > 0 else float("inf")
+        if drift > SPREAD_LIMIT:
+            reasons.append(
+                f"the rounds' medians differ by {100 * drift:.0f} % (limit {100 * SPREAD_LIMIT:.0f} %): "
+                "the machine's speed changed while measuring"
+            )
     if others is not None and others > OTHERS_LIMIT:
         reasons.append(
             f"other processes kept about {100 * min(others, 1.0):.0f} % of the {cores} cores busy "
@@ -163,6 +229,8 @@ def latency_conditions(
         )
     return {
         "spread_p90_over_p50": round(spread, 4),
+        "round_p50_ms": None if round_p50 is None else [round(float(x), 4) for x in round_p50],
+        "round_drift": None if drift is None else round(drift, 4),
         "load_average_1min": [None if x is None else round(x, 2) for x in (load_before, load_after)],
         "cpu_count": cores,
         "others_share": None if others is None else round(others, 4),

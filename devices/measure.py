@@ -16,44 +16,69 @@ from tqdm import tqdm
 
 from deploy.runtimes import load_embedder
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
-from devices.latency import latency_conditions, load_snapshot, measure_embedder_latency
+from devices.latency import interleaved_latency, latency_conditions, load_snapshot
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
 
 HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, LiteRT interpreter)
 
 
-def measure_on_host(
-    path: Path | Any,
+LatencyQueue = list[tuple[dict[str, Any], Any]]  # (row, embedder): rows whose host latency is still to come
+
+
+def host_accuracy(
+    source: Path | Any,
     sets: list[VerificationSet],
     *,
     threads: int,
-    warmup: int,
-    runs: int,
     flip: bool = True,
     name: str | None = None,
-) -> dict[str, Any]:
-    """Accuracy and latency (batch 1) of one artifact file, module or ready Embedder on this machine."""
-    is_embedder = hasattr(path, "run_once") and hasattr(path, "latency_input")
-    embedder = path if is_embedder else load_embedder(path, num_threads=threads, name=name)
+) -> tuple[dict[str, Any], Any]:
+    """Accuracy fields of one artifact file, module or ready Embedder on this machine, and its Embedder.
+
+    The latency comes later, from :func:`add_host_latency`, interleaved with every other model measured.
+    """
+    is_embedder = hasattr(source, "run_once") and hasattr(source, "latency_input")
+    embedder = source if is_embedder else load_embedder(source, num_threads=threads, name=name)
     row = accuracy_fields(embedder, sets, flip)
-    before = load_snapshot()
-    stats = measure_embedder_latency(embedder, warmup=warmup, runs=runs, batch_size=1)
-    row["latency_conditions"] = latency_conditions(stats, before, load_snapshot())
-    row["latency_ms"] = {
-        k: round(v, 4)
-        for k, v in asdict(stats).items()
-        if k in ("p50", "p90", "p99", "mean", "std", "min", "max")
-    }
-    row["latency_settings"] = {
-        "runs": stats.runs,
-        "warmup": stats.warmup,
-        "threads": stats.threads,
-        "batch_size": stats.batch_size,
-    }
     row["measured_on"] = HOST_LABEL
     row["host"] = host_description()
-    return row
+    return row, embedder
+
+
+def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int) -> None:
+    """Time every queued model in the same interleaved rounds and write each row's latency fields.
+
+    Models compared with each other share the machine's moments: a burst of load lands in every
+    model's samples, not in one row. The rows' conditions carry the spread, each round's median and
+    the load average around the whole pass.
+    """
+    if not queue:
+        return
+    before = load_snapshot()
+    timed = interleaved_latency([e for _, e in queue], warmup=warmup, runs=runs, rounds=rounds, batch_size=1)
+    after = load_snapshot()
+    for (row, _), t in zip(queue, timed, strict=True):
+        row["latency_conditions"] = latency_conditions(t.stats, before, after, round_p50=t.round_p50)
+        row["latency_ms"] = {
+            k: round(v, 4)
+            for k, v in asdict(t.stats).items()
+            if k in ("p50", "p90", "p99", "mean", "std", "min", "max")
+        }
+        row["latency_settings"] = {
+            "runs": t.stats.runs,
+            "warmup": t.stats.warmup,
+            "threads": t.stats.threads,
+            "batch_size": t.stats.batch_size,
+            "rounds": t.rounds,
+            "interleaved_with": len(queue) - 1,
+        }
+
+
+def accuracy_line(row: dict[str, Any]) -> str:
+    """The console line of a row's accuracy on each verification set."""
+    sets = row.get("sets") or {}
+    return ", ".join(f"{name} {100 * s['accuracy']:.2f} %" for name, s in sets.items()) or "no accuracy"
 
 
 def device_row_without_device(host_row: dict[str, Any], target: str) -> dict[str, Any]:
@@ -78,13 +103,18 @@ def measure_rows(
     threads: int,
     warmup: int,
     runs: int,
+    latency_queue: LatencyQueue,
     flip: bool = True,
     progress: bool = True,
     device: Any = None,
     connect: Callable[[], Any] | None = None,
     estimate_graphs: dict[str, Path] | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[dict[str, Any]]:
     """One row per artifact x target: the host always; the chosen device target as well.
+
+    Host rows go into ``latency_queue`` without latency: the caller times the queue in one interleaved
+    pass (:func:`add_host_latency`). A device row is timed on the device, artifact by artifact.
 
     The device row is measured through ``connect()`` (a fresh runner per artifact) when a device is
     connected; otherwise it carries the host's accuracy and, where the catalogue ``device`` has the
@@ -118,12 +148,11 @@ def measure_rows(
                 }
             )
             continue
-        host = {
-            **base,
-            "target": "host",
-            **measure_on_host(path, sets, threads=threads, warmup=warmup, runs=runs, flip=flip),
-        }
+        fields, embedder = host_accuracy(path, sets, threads=threads, flip=flip)
+        host = {**base, "target": "host", **fields}
         rows.append(host)
+        latency_queue.append((host, embedder))
+        log(f"[measure] {art['name']} on {HOST_LABEL}: {accuracy_line(host)}")
         if target == "host":
             continue
         if connect is not None:
@@ -131,6 +160,7 @@ def measure_rows(
 
             settings = {"warmup": warmup, "runs": runs, "threads": threads, "flip": flip}
             rows.append({**measure_on_device(connect(), art, path, sets, settings), "target": target})
+            log(f"[measure] {art['name']} on {rows[-1]['measured_on']}: {accuracy_line(rows[-1])}")
             continue
         rows.append(_estimated_row(host, target, device, path, art, threads, estimate_graphs or {}))
     return rows

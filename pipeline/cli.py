@@ -61,6 +61,12 @@ def _run_args(p: argparse.ArgumentParser, devices: bool = True) -> None:
         help="keep going when an exported artifact disagrees with PyTorch (marked failed)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (CI logs)")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show other libraries' output (exporters, runtimes, warnings) on the console; without it, "
+        "it is kept in <out>/logs/<stage>.log",
+    )
     if devices:
         _device_args(p)
 
@@ -274,6 +280,7 @@ def _context(args: argparse.Namespace) -> Any:
         cfg=cfg,
         target=target,
         progress=not args.no_progress,
+        verbose=args.verbose,
         force=args.force,
         allow_parity_failure=args.allow_parity_failure,
         connection=_connection(args),

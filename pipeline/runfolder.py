@@ -21,6 +21,7 @@ from typing import Any
 
 from distill.atomic import write_json, write_text
 from distill.errors import InputError
+from pipeline.console import third_party_to_log
 
 MANIFEST = "manifest.json"
 _FULL_HASH_LIMIT = 512 * 1024 * 1024  # bigger inputs (MS1M-size .rec) get a fingerprint, not a full hash
@@ -155,8 +156,11 @@ class RunFolder:
         force: bool = False,
         log: Callable[[str], None] = print,
         collective: bool = False,
+        verbose: bool = False,
     ) -> dict[str, Any]:
         """Run ``fn(work_dir)`` unless the stage is current; return its manifest record.
+
+        Other libraries' output while ``fn`` runs goes to ``logs/<name>.log`` (``verbose``: to the console).
 
         Under torchrun, a ``collective`` stage (training) runs ``fn`` on every rank in the same work
         folder; any other stage runs on rank 0 while the others wait. Rank 0 alone writes the manifest.
@@ -176,8 +180,12 @@ class RunFolder:
         barrier(dist_info)
         if dist_info.is_main or collective:
             started = time.time()
+            log_file = (
+                self.root / "logs" / (name + ("" if dist_info.is_main else f".rank{dist_info.rank}") + ".log")
+            )
             try:
-                outcome = fn(work)
+                with third_party_to_log(log_file, verbose=verbose):
+                    outcome = fn(work)
             except InputError:
                 # Bad input: leave nothing behind, unless it surfaced mid-training with checkpoints to resume.
                 if (

@@ -31,6 +31,7 @@ class Context:
     progress: bool = True
     force: bool = False
     allow_parity_failure: bool = False
+    verbose: bool = False  # other libraries' output on the console instead of logs/<stage>.log
     log: Callable[[str], None] = print
     connection: DeviceConnection = field(default_factory=DeviceConnection)
 
@@ -79,7 +80,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             files = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json", "data.json"]
             return StageOutcome(files, info)
 
-    return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log)
+    return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
 
 
 def _val_set_ids(paths: list[Path], vals: list[Any]) -> dict[str, Any]:
@@ -223,7 +224,9 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
             return StageOutcome(["teacher.pt", "teacher.json", "history.json"], metrics)
 
     trains = not (t.onnx or t.checkpoint)
-    return ctx.run.run("teacher", key, fn, force=ctx.force, log=ctx.log, collective=trains)
+    return ctx.run.run(
+        "teacher", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=trains
+    )
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
@@ -285,7 +288,7 @@ def stage_cache(ctx: Context) -> dict[str, Any]:
         return StageOutcome(["plain.npy", "flipped.npy"], metrics)
 
     # collective: under torchrun every rank embeds its share of the images (one GPU each)
-    return ctx.run.run("cache", key, fn, force=ctx.force, log=ctx.log, collective=True)
+    return ctx.run.run("cache", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
 
 # ------------------------------------------------------------------------------------------- distill
@@ -328,7 +331,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
         write_json(work / "student.json", metrics)
         return StageOutcome(["student.pt", "student.json", "history.json"], metrics)
 
-    return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log, collective=True)
+    return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
 
 def teacher_head(ctx: Context) -> Any:
@@ -374,7 +377,7 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         write_json(work / "qat.json", metrics)
         return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json"], metrics)
 
-    return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, collective=True)
+    return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
 
 def qat_enabled(ctx: Context) -> bool:
@@ -395,7 +398,13 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     }
 
     def fn(work: Path) -> StageOutcome:
-        from deploy.artifacts import add_model_cards, add_tensorrt, export_artifacts, parity_batch
+        from deploy.artifacts import (
+            CARD_FORMATS,
+            add_model_cards,
+            add_tensorrt,
+            export_artifacts,
+            parity_batch,
+        )
         from devices.targets import formats_for
         from distill.models.checkpoint import load_model
         from pipeline.runfolder import sha256_file, versions
@@ -422,7 +431,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
             artifacts += add_tensorrt(artifacts, work, log=ctx.log)
         # thresholds move with quantization: each card gets those of the model its artifact came from
         for source in ("distill", "qat"):
-            cards = [a for a in artifacts if a.format == "tflite" and a.source == source]
+            cards = [a for a in artifacts if a.format in CARD_FORMATS and a.source == source]
             if cards:
                 ref = model if source == "distill" else _qat_model(ctx)
                 add_model_cards(cards, work, thresholds=_thresholds(ref, vals[0]), version=_version())
@@ -445,7 +454,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         files = [f for a in artifacts for f in [a.file, *a.companions]]
         return StageOutcome(files + ["artifacts.json"], {a.name: a.parity for a in artifacts})
 
-    return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log)
+    return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
 
 
 def _qat_model(ctx: Context) -> Any:
@@ -521,8 +530,9 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
     }
 
     def fn(work: Path) -> StageOutcome:
+        from devices.accuracy import HOST_LABEL
         from devices.connect import open_runner, resolve_device
-        from devices.measure import measure_on_host, measure_rows
+        from devices.measure import accuracy_line, add_host_latency, host_accuracy, measure_rows
         from pipeline.runfolder import sha256_file
 
         device = resolve_device(ctx.target, ctx.connection)
@@ -533,6 +543,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         artifacts = json.loads((export_dir / "artifacts.json").read_text())["artifacts"]
         _verify_artifact_hashes(export_dir, artifacts)
         rows = []
+        queue: list[tuple[dict[str, Any], Any]] = []  # host latency of every model, timed together below
         # Reference rows: the PyTorch teacher and student, measured on the host the same way.
         student_pt = ctx.run.stage_dir("distill") / "student.pt"
         teacher_src, teacher_model = _teacher_for_measure(ctx, m.threads)
@@ -543,23 +554,22 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             if src is None:
                 continue
             fmt = "onnx" if src.suffix.lower() == ".onnx" else "pytorch"
-            row = measure_on_host(
-                model, vals, threads=m.threads, warmup=m.warmup, runs=m.runs, flip=m.flip, name=role
-            )
-            rows.append(
-                {
-                    "name": f"{role}-{fmt}-fp32",
-                    "format": fmt,
-                    "precision": "fp32",
-                    "target": "host",
-                    "role": role,
-                    "stage": "teacher" if role == "teacher" else "distill",
-                    "path": str(src),
-                    "size_bytes": src.stat().st_size,
-                    "sha256": sha256_file(src),
-                    **row,
-                }
-            )
+            fields, embedder = host_accuracy(model, vals, threads=m.threads, flip=m.flip, name=role)
+            row = {
+                "name": f"{role}-{fmt}-fp32",
+                "format": fmt,
+                "precision": "fp32",
+                "target": "host",
+                "role": role,
+                "stage": "teacher" if role == "teacher" else "distill",
+                "path": str(src),
+                "size_bytes": src.stat().st_size,
+                "sha256": sha256_file(src),
+                **fields,
+            }
+            rows.append(row)
+            queue.append((row, embedder))
+            ctx.log(f"[measure] {row['name']}: {accuracy_line(row)}")
         if qat_enabled(ctx):
             rows += _fake_quant_rows(ctx, vals)
         rows += [
@@ -572,6 +582,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                 threads=m.threads,
                 warmup=m.warmup,
                 runs=m.runs,
+                latency_queue=queue,
                 flip=m.flip,
                 progress=ctx.progress,
                 device=device,
@@ -579,21 +590,34 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                 if ctx.connection.connected
                 else None,
                 estimate_graphs=graphs,
+                log=ctx.log,
             )
         ]
+        for row, _ in queue:  # the artifact rows in the queue are the same dicts, now with their role
+            row.setdefault("role", "artifact")
+        estimator = _estimator_queue(ctx, graphs)
+        ctx.log(
+            f"[measure] latency on {HOST_LABEL}: {len(queue) + len(estimator)} models in {m.rounds} "
+            f"interleaved rounds, {m.runs} timed calls each"
+        )
+        add_host_latency(queue + estimator, warmup=m.warmup, runs=m.runs, rounds=m.rounds)
+        for row, _ in queue:
+            lat = row["latency_ms"]
+            flag = "" if row["latency_conditions"]["trustworthy"] else " (noisy: see the report)"
+            ctx.log(f"[measure] {row['name']}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms{flag}")
         results = {
             "target": ctx.target,
             "device": {"name": device.name, "connected": ctx.connection.connected},
             "val_sets": _val_sets(ctx, vals),
             "floors": _floors(ctx, vals, rows),
             "rows": rows,
-            "estimator_error_on_host": _estimator_error(ctx, graphs),
+            "estimator_error_on_host": _estimator_error(ctx, graphs, estimator),
         }
         write_json(work / "results.json", results)
         write_json(ctx.run.root / "results.json", results)
         return StageOutcome(["results.json"], {"rows": len(rows)})
 
-    return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log)
+    return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
 
 
 def _val_sets(ctx: Context, vals: list[Any]) -> dict[str, Any]:
@@ -640,32 +664,48 @@ def _estimate_graphs(ctx: Context, work: Path) -> dict[str, Path]:
     return graphs
 
 
-def _estimator_error(ctx: Context, graphs: dict[str, Path]) -> list[dict[str, Any]]:
+def _estimator_queue(ctx: Context, graphs: dict[str, Path]) -> list[tuple[dict[str, Any], Any]]:
+    """fp32 ONNX of teacher and student, timed beside the rows for the estimator (no row of their own)."""
+    from deploy.runtimes import load_embedder
+
+    return [
+        ({"model": model}, load_embedder(graphs[model], num_threads=ctx.cfg.measure.threads))
+        for model in ("teacher", "distill")
+        if model in graphs
+    ]
+
+
+def _estimator_error(
+    ctx: Context, graphs: dict[str, Path], timed: list[tuple[dict[str, Any], Any]]
+) -> list[dict[str, Any]]:
     """Roofline estimate against onnxruntime latency on this host, for the teacher and the student.
 
-    Both numbers exist only on the host; the error tells how far to trust the device estimates.
+    Both numbers exist only on the host; the error tells how far to trust the device estimates. The
+    measured latency is from the same interleaved rounds as the rows, so the two agree.
     """
-    from deploy.runtimes import load_embedder
     from devices.catalogue import load_catalogue
     from devices.estimate import estimator_error_on_host, with_host_figures
-    from devices.latency import measure_embedder_latency
 
-    m = ctx.cfg.measure
     try:
         host = with_host_figures(load_catalogue(ctx.connection.devices_dirs)["host-cpu"])
     except InputError as exc:
         return [{"error": f"host figures unavailable: {exc}"}]
     out = []
-    for model in ("teacher", "distill"):
-        if model not in graphs:
-            continue
-        embedder = load_embedder(graphs[model], num_threads=m.threads)
-        stats = measure_embedder_latency(embedder, warmup=m.warmup, runs=m.runs, batch_size=1)
-        err = estimator_error_on_host(graphs[model], stats.p50, host, threads=m.threads)
+    for entry, _ in timed:
+        model = entry["model"]
+        p50 = entry["latency_ms"]["p50"]
+        err = estimator_error_on_host(graphs[model], p50, host, threads=ctx.cfg.measure.threads)
         graph = Path(str(err.get("onnx", graphs[model])))
         if graph.parent.name == ".measure.work":  # the work folder becomes measure/ when the stage ends
             err["onnx"] = str(ctx.run.stage_dir("measure") / graph.name)
-        out.append({"model": "student" if model == "distill" else model, "runtime": "onnxruntime", **err})
+        out.append(
+            {
+                "model": "student" if model == "distill" else model,
+                "runtime": "onnxruntime",
+                "latency_conditions": entry["latency_conditions"],
+                **err,
+            }
+        )
     return out
 
 
@@ -771,7 +811,7 @@ def stage_report(ctx: Context) -> dict[str, Any]:
             write_text(ctx.run.root / name, (work / name).read_text())
         return StageOutcome(names, {})
 
-    return ctx.run.run("report", key, fn, force=ctx.force, log=ctx.log)
+    return ctx.run.run("report", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
 
 
 STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {

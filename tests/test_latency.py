@@ -126,3 +126,59 @@ def test_noisy_latency_is_marked_in_the_report_and_not_made_a_reference():
     assert any("latency noisy, do not compare it: p90 is 200 %" in n for n in notes([row]))
     base = make_baseline({"target": "host", "rows": [row]})["rows"][0]
     assert "latency" not in base and any("too noisy when measured" in n for n in base["notes"])
+
+
+class VirtualMachine:
+    """A fake clock whose speed drops 3x for a stretch of calls: the load burst of a shared machine."""
+
+    def __init__(self, busy_calls: range) -> None:
+        self.now_ns, self.calls, self.trace, self.busy_calls = 0, 0, [], busy_calls
+
+    def clock(self) -> int:
+        return self.now_ns
+
+    def model(self, name: str, cost_ms: float) -> FakeEmbedder:
+        vm = self
+
+        class Timed(FakeEmbedder):
+            def run_once(self, x):
+                vm.trace.append(name)
+                vm.calls += 1
+                vm.now_ns += int(cost_ms * 1e6 * (3 if vm.calls in vm.busy_calls else 1))
+
+        return Timed()
+
+
+def test_interleaved_rounds_order_and_counts():
+    from devices.latency import interleaved_latency
+
+    vm = VirtualMachine(busy_calls=range(0))
+    out = interleaved_latency(
+        [vm.model("a", 1), vm.model("b", 2)], warmup=2, runs=6, rounds=3, clock_ns=vm.clock
+    )
+    # warm-up 2 each, then per round: one untimed call + ceil(6 / 3) = 2 timed, order rotated each round
+    assert "".join(vm.trace) == "aabb" + "aaa" + "bbb" + "bbb" + "aaa" + "aaa" + "bbb"
+    assert [o.stats.runs for o in out] == [6, 6] and [o.rounds for o in out] == [3, 3]
+    assert out[0].round_p50 == [1.0, 1.0, 1.0] and out[1].stats.p50 == pytest.approx(2.0)
+
+
+def test_a_load_burst_hits_every_interleaved_model_alike():
+    """Sequential timing puts a burst in one model's row; interleaved rounds share it and keep the ratio."""
+    from devices.latency import interleaved_latency, latency_conditions
+
+    # 2 x 10 warm-up calls, then 5 rounds of 2 models x (1 + 20) calls (calls 21..230); the machine is
+    # slow for calls 115..199: about half of each model's samples
+    vm = VirtualMachine(busy_calls=range(115, 200))
+    a, b = interleaved_latency(
+        [vm.model("a", 1.0), vm.model("b", 2.0)], warmup=10, runs=100, rounds=5, clock_ns=vm.clock
+    )
+    assert b.stats.p50 / a.stats.p50 == pytest.approx(2.0)  # the true ratio
+    assert max(a.round_p50) == 3.0 and max(b.round_p50) == 6.0  # the burst shows in the rounds...
+    cond = latency_conditions(a.stats, None, None, cpu_count=2, round_p50=a.round_p50)
+    assert not cond["trustworthy"] and cond["round_drift"] == pytest.approx(2.0)  # ...and is flagged
+    assert "the rounds' medians differ by 200 %" in cond["reasons"][-1]
+
+    vm = VirtualMachine(busy_calls=range(115, 200))  # the same burst, models timed one after the other
+    seq_a = measure_latency(lambda: vm.model("a", 1.0).run_once(None), warmup=10, runs=100, clock_ns=vm.clock)
+    seq_b = measure_latency(lambda: vm.model("b", 2.0).run_once(None), warmup=10, runs=100, clock_ns=vm.clock)
+    assert seq_b.p50 / seq_a.p50 == pytest.approx(6.0)  # b's row ate the burst: 2x slower looks like 6x

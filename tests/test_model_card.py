@@ -208,3 +208,82 @@ def test_card_thresholds_cover_every_far_the_set_supports():
     far3 = table["at_far"]["1e-3"]
     assert far3["cosine"] is None and "need at least 1000" in far3["reason"]
     assert table["flip_fused"] is False and "no mirror" in table["compared_as"]
+
+
+# ------------------------------------------------------------------------------- card on an ONNX / engine
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory):
+    from deploy.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("card") / "student_fp32.onnx"
+    export_onnx(Tiny().eval(), path)
+    return path
+
+
+def test_onnx_gets_the_same_card_inside_metadata_props(onnx_file, tmp_path):
+    import shutil
+
+    import onnx
+    import onnxruntime as ort
+
+    model = tmp_path / "student_fp32.onnx"
+    shutil.copy(onnx_file, model)
+    x = np.random.default_rng(1).uniform(-1, 1, (1, 3, 112, 112)).astype(np.float32)
+
+    def run(path):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+    before = run(model)
+    a, b, issame = random_pairs(1200, 200)
+    card = write_model_card(
+        tmp_path / "student_fp32.json",
+        model,
+        version="0.1.0+test",
+        thresholds=threshold_table(a, b, issame),
+        precision="fp32",
+    )
+    graph = onnx.load(str(model)).graph  # the card states what the file itself declares
+    assert card["input"]["name"] == graph.input[0].name and card["input"]["layout"] == "NCHW"
+    assert card["input"]["shape"][1:] == [3, 112, 112] and card["input"]["dtype"] == "float32"
+    assert (
+        card["embedding"]["size"] == EMB and card["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    )
+    props = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert json.loads(props[METADATA_NAME]) == {k: v for k, v in card.items() if k != "sha256"}
+    assert read_metadata(model) == json.loads(props[METADATA_NAME])
+    np.testing.assert_array_equal(run(model), before)  # metadata does not touch the graph
+    embed_metadata(model, {"version": "2"})  # replaced, not added twice
+    assert [p.key for p in onnx.load(str(model)).metadata_props].count(METADATA_NAME) == 1
+
+
+def test_engine_card_is_its_onnx_card_naming_the_engine(onnx_file, tmp_path):
+    import shutil
+
+    from deploy.artifacts import Artifact, add_model_cards
+
+    shutil.copy(onnx_file, tmp_path / "student_fp32.onnx")
+    (tmp_path / "student_fp32.engine").write_bytes(b"not really an engine: the card only hashes it")
+    arts = [
+        Artifact(
+            name="e",
+            format="tensorrt",
+            precision="fp32",
+            file="student_fp32.engine",
+            batch_size=1,
+            parity=None,
+        ),
+        Artifact(
+            name="o", format="onnx", precision="fp32", file="student_fp32.onnx", batch_size=1, parity=None
+        ),
+    ]
+    add_model_cards(arts, tmp_path, thresholds={"at_far": {}}, version="t")
+    onnx_card = json.loads((tmp_path / "student_fp32.json").read_text())
+    engine_card = json.loads((tmp_path / "student_fp32.engine.json").read_text())
+    assert arts[0].companions == ["student_fp32.engine.json"] and arts[1].companions == ["student_fp32.json"]
+    assert engine_card["file"] == "student_fp32.engine" and engine_card["built_from"] == "student_fp32.onnx"
+    assert (
+        engine_card["sha256"] == hashlib.sha256((tmp_path / "student_fp32.engine").read_bytes()).hexdigest()
+    )
+    assert engine_card["input"] == onnx_card["input"] and engine_card["metadata_embedded"] is None

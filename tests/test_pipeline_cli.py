@@ -94,6 +94,8 @@ def test_evaluate_command_matches_the_measured_row(host_run, capsys):
 
 
 def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys):
+    from deploy.model_card import read_metadata
+
     out = tmp_path / "jetson"
     cfg = tmp_path / "qat.yaml"
     cfg.write_text("qat:\n  enabled: true\n")
@@ -124,6 +126,14 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys
         assert script.suffix == ".sh" and "trtexec" in script.read_text()
         assert a["parity"]["passed"] and a["sha256"] == sha256_file(export / a["file"])
         assert a["versions"]["torch"].startswith("2.13")
+        card = json.loads((export / a["companions"][1]).read_text())  # and its card, inside the file too
+        assert (
+            card["file"] == a["file"]
+            and card["sha256"] == a["sha256"]
+            and card["precision"] == a["precision"]
+        )
+        assert read_metadata(export / a["file"]) == {k: v for k, v in card.items() if k != "sha256"}
+        assert card["thresholds"]["at_far"] and card["input"]["shape"][1:] == [3, 112, 112]
     int8 = next(a for a in artifacts if a["precision"] == "int8")
     assert int8["source"] == "qat" and int8["details"]["qdq_lint"] == "passed"
     assert "fake-quant" in int8["parity"]["reference"]

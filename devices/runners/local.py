@@ -2,7 +2,7 @@
 TensorRT engine when TensorRT and a CUDA GPU are present.
 
 ONNX/TFLite go through deploy.runtimes (the same embedders as the host measurement rows) so a runner
-result equals a ``measure_on_host`` result for the same settings. TensorRT builds the engine with
+result equals a host row of ``devices.measure`` for the same settings. TensorRT builds the engine with
 deploy.tensorrt.build_engine and runs it with the on-device harness's TensorRT backend.
 """
 
