@@ -57,8 +57,22 @@ def resolve_device(target: str, conn: DeviceConnection) -> Any:
     return device
 
 
+def local_device(device: Any) -> bool:
+    """A catalogue device measured on this machine through a runner (host-gpu), not the host CPU rows."""
+    return getattr(device, "connection", None) == "local" and device.name != "host-cpu"
+
+
+def device_reachable(device: Any, conn: DeviceConnection) -> bool:
+    """Is there a runner for ``device``: ssh/adb settings given, or a local device such as host-gpu."""
+    return conn.connected or local_device(device)
+
+
 def open_runner(device: Any, conn: DeviceConnection, log_dir: Path) -> Any | None:
-    """A fresh runner for one artifact, or None when no device is connected."""
+    """A fresh runner for one artifact, or None when no device is connected.
+
+    A local catalogue device (``--device host-gpu``) gets the local runner: the ONNX becomes a TensorRT
+    engine built and timed here; without TensorRT and a CUDA GPU it stops with the reason.
+    """
     if conn.ssh:
         from devices.runners.ssh import SshOptions, SshRunner
 
@@ -80,4 +94,8 @@ def open_runner(device: Any, conn: DeviceConnection, log_dir: Path) -> Any | Non
             delegate=conn.delegate,
         )
         return AdbRunner(device.name, options, log_dir=log_dir)
+    if local_device(device):
+        from devices.runners.local import LocalRunner
+
+        return LocalRunner(device.name, use_tensorrt="tensorrt" in device.formats, log_dir=log_dir)
     return None

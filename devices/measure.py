@@ -153,13 +153,16 @@ def measure_rows(
         rows.append(host)
         latency_queue.append((host, embedder))
         log(f"[measure] {art['name']} on {HOST_LABEL}: {accuracy_line(host)}")
-        if target == "host":
+        if connect is not None and device is not None and art["format"] not in device.formats:
+            continue  # e.g. a .tflite on host-gpu: the device does not run it, the host row stands alone
+        if target == "host" and connect is None:
             continue
         if connect is not None:
             from devices.device_measure import measure_on_device
 
             settings = {"warmup": warmup, "runs": runs, "threads": threads, "flip": flip}
-            rows.append({**measure_on_device(connect(), art, path, sets, settings), "target": target})
+            on_device = measure_on_device(connect(), art, path, sets, settings)
+            rows.append({**on_device, "target": device.name if target == "host" else target})
             log(f"[measure] {art['name']} on {rows[-1]['measured_on']}: {accuracy_line(rows[-1])}")
             continue
         rows.append(_estimated_row(host, target, device, path, art, threads, estimate_graphs or {}))

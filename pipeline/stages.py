@@ -531,7 +531,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
 
     def fn(work: Path) -> StageOutcome:
         from devices.accuracy import HOST_LABEL
-        from devices.connect import open_runner, resolve_device
+        from devices.connect import device_reachable, open_runner, resolve_device
         from devices.measure import accuracy_line, add_host_latency, host_accuracy, measure_rows
         from pipeline.runfolder import sha256_file
 
@@ -587,7 +587,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                 progress=ctx.progress,
                 device=device,
                 connect=(lambda: open_runner(device, ctx.connection, work / "device_logs"))
-                if ctx.connection.connected
+                if device_reachable(device, ctx.connection)
                 else None,
                 estimate_graphs=graphs,
                 log=ctx.log,
@@ -607,7 +607,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             ctx.log(f"[measure] {row['name']}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms{flag}")
         results = {
             "target": ctx.target,
-            "device": {"name": device.name, "connected": ctx.connection.connected},
+            "device": {"name": device.name, "connected": device_reachable(device, ctx.connection)},
             "val_sets": _val_sets(ctx, vals),
             "floors": _floors(ctx, vals, rows),
             "rows": rows,

@@ -363,3 +363,25 @@ def test_local_runner_matches_onnxruntime_and_host_accuracy(model_path, tmp_path
         acc = runner.run_accuracy(x)
     assert lat.runs == 6 and lat.threads == 1 and lat.measured_on == "host-cpu" and lat.p50 > 0
     np.testing.assert_allclose(acc.embeddings, local_embeddings(model_path, x), atol=1e-5, rtol=0)
+
+
+def test_host_gpu_gets_the_local_runner_and_says_why_it_cannot_build_here(model_path, tmp_path):
+    """--device host-gpu is measured through the local runner (a TensorRT engine built here)."""
+    from deploy.tensorrt import tensorrt_available
+    from devices.catalogue import load_catalogue
+    from devices.connect import DeviceConnection, device_reachable, open_runner
+    from devices.runners.base import DeviceError
+    from devices.runners.local import LocalRunner
+
+    catalogue = load_catalogue(())
+    conn = DeviceConnection(device="host-gpu")
+    assert device_reachable(catalogue["host-gpu"], conn)
+    assert not device_reachable(catalogue["host-cpu"], DeviceConnection())  # host rows need no runner
+    runner = open_runner(catalogue["host-gpu"], conn, tmp_path)
+    assert isinstance(runner, LocalRunner) and runner.use_tensorrt and runner.label == "host-gpu"
+    ok, why = tensorrt_available()
+    if ok:
+        pytest.skip("TensorRT and a GPU are here: the engine path is checked by the GPU script")
+    with pytest.raises(DeviceError, match="TensorRT requested but unusable") as err:
+        runner.prepare(model_path)
+    assert why in str(err.value)
