@@ -20,7 +20,7 @@ its details labelled ``estimated``: an estimate never sits where a measurement w
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from devices.accuracy import HOST_LABEL, accuracy_fields
 from devices.catalogue import Device
+from devices.rows import ResultRow
 from devices.runners.base import AccuracyUnavailable, Runner
 from distill.evaluation import EVAL_BATCH
 
@@ -125,7 +126,7 @@ def device_accuracy(runner: Runner, sets: list, flip: bool, chunk_images: int = 
 
 def measure_on_device(
     runner: Runner, artifact: dict[str, Any], path: Path, sets: list, settings: Any
-) -> dict[str, Any]:
+) -> ResultRow:
     """One results row for ``artifact`` (an artifacts.json entry) measured through ``runner``.
 
     The device's work folder is removed before returning, also on errors.
@@ -141,6 +142,7 @@ def measure_on_device(
         "sha256": artifact.get("sha256"),
         "parity": artifact.get("parity"),
         "stage": artifact.get("source", "distill"),  # as devices.measure rows
+        "role": "artifact",
         "target": getattr(runner, "device_name", runner.label),
     }
     notes: list[str] = []
@@ -182,17 +184,17 @@ def measure_on_device(
         row["accuracy_note"] = notes[0] if notes else f"accuracy measured on {acc_on}"
     if notes:
         row["notes"] = notes
-    return row
+    return ResultRow.from_dict(row, f"row of {row['name']} on {row['target']}")
 
 
 def estimate_row(
-    host_row: dict[str, Any],
+    host_row: ResultRow,
     device: Device,
     onnx_path: Path,
     *,
     threads: int | None = None,
     precision: str | None = None,
-) -> dict[str, Any]:
+) -> ResultRow:
     """The row for ``device`` when none is connected: host accuracy, no latency, a labelled estimate.
 
     ``onnx_path`` is the graph to count (for a .tflite row, the ONNX of the same model); the precision
@@ -200,20 +202,22 @@ def estimate_row(
     """
     from devices.estimate import estimate_latency
 
-    row = {k: v for k, v in host_row.items() if k not in ("latency_ms", "latency_settings")}
-    row_precision = precision or host_row.get("precision")
+    row_precision = precision or host_row.precision
     if row_precision not in device.estimate.peak or row_precision not in device.precisions:
         row_precision = None  # let the estimator read it from the file (and refuse if unsupported)
     est = estimate_latency(onnx_path, device, precision=row_precision, threads=threads)
-    row.update(
+    return replace(
+        host_row,
         target=device.name,
         measured_on=HOST_LABEL,
         accuracy_measured_on=HOST_LABEL,
         latency_ms=None,
+        latency_settings=None,
+        latency_conditions=None,
         latency_estimate_ms=round(est.ms, 4),
         latency_estimate=est.summary(),
         latency_note=f"not measured: no {device.name} connected; latency_estimate_ms is a roofline "
         "estimate from the graph and the catalogue figures (estimated); accuracy is the same artifact "
         f"on {HOST_LABEL}",
+        details=dict(host_row.details),
     )
-    return row

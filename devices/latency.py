@@ -144,7 +144,7 @@ def interleaved_latency(
     """Latency of several models measured in turns, so a change in the machine's load hits them all alike.
 
     Each model is warmed up ``warmup`` times, then ``rounds`` rounds run; in each round every model gets
-    ``ceil(runs / rounds)`` timed calls after one untimed call (its caches were just used by another
+    its share of the ``runs`` timed calls (they differ by one at most) after one untimed call (its caches were just used by another
     model), in an order rotated by one each round so none always follows the same neighbour. The pooled
     samples give the percentiles; ``round_p50`` shows how far the rounds drifted.
     """
@@ -153,7 +153,7 @@ def interleaved_latency(
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
     rounds = min(rounds, runs)
-    per_round = -(-runs // rounds)
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]  # sums to runs
     inputs = [e.latency_input(batch_size, 0) for e in subjects]
     calls = [(lambda e=e, x=x: e.run_once(x)) for e, x in zip(subjects, inputs, strict=True)]
     for call in calls:
@@ -165,7 +165,7 @@ def interleaved_latency(
         turn = order[r % len(order) :] + order[: r % len(order)] if order else []
         for i in turn:
             calls[i]()
-            samples[i].append(time_calls(calls[i], per_round, clock_ns))
+            samples[i].append(time_calls(calls[i], per_round[r], clock_ns))
     out = []
     for e, x, per in zip(subjects, inputs, samples, strict=True):
         stats = stats_from_samples(

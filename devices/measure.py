@@ -8,7 +8,7 @@ host number passed off as a device number.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,14 @@ from tqdm import tqdm
 from deploy.runtimes import load_embedder
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
 from devices.latency import interleaved_latency, latency_conditions, load_snapshot
+from devices.rows import LatencySummary, ResultRow
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
 
 HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, LiteRT interpreter)
 
 
-LatencyQueue = list[tuple[dict[str, Any], Any]]  # (row, embedder): rows whose host latency is still to come
+LatencyQueue = list[tuple[ResultRow, Any]]  # (row, embedder): rows whose host latency is still to come
 
 
 def host_accuracy(
@@ -42,7 +43,7 @@ def host_accuracy(
     embedder = source if is_embedder else load_embedder(source, num_threads=threads, name=name)
     row = accuracy_fields(embedder, sets, flip)
     row["measured_on"] = HOST_LABEL
-    row["host"] = host_description()
+    row["host"] = host_description()  # kept in the row's details
     return row, embedder
 
 
@@ -59,13 +60,9 @@ def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int
     timed = interleaved_latency([e for _, e in queue], warmup=warmup, runs=runs, rounds=rounds, batch_size=1)
     after = load_snapshot()
     for (row, _), t in zip(queue, timed, strict=True):
-        row["latency_conditions"] = latency_conditions(t.stats, before, after, round_p50=t.round_p50)
-        row["latency_ms"] = {
-            k: round(v, 4)
-            for k, v in asdict(t.stats).items()
-            if k in ("p50", "p90", "p99", "mean", "std", "min", "max")
-        }
-        row["latency_settings"] = {
+        row.latency_conditions = latency_conditions(t.stats, before, after, round_p50=t.round_p50)
+        row.latency_ms = LatencySummary.from_stats(t.stats)
+        row.latency_settings = {
             "runs": t.stats.runs,
             "warmup": t.stats.warmup,
             "threads": t.stats.threads,
@@ -75,23 +72,25 @@ def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int
         }
 
 
-def accuracy_line(row: dict[str, Any]) -> str:
+def accuracy_line(row: ResultRow) -> str:
     """The console line of a row's accuracy on each verification set."""
-    sets = row.get("sets") or {}
+    sets = row.sets
     return ", ".join(f"{name} {100 * s['accuracy']:.2f} %" for name, s in sets.items()) or "no accuracy"
 
 
-def device_row_without_device(host_row: dict[str, Any], target: str) -> dict[str, Any]:
+def device_row_without_device(host_row: ResultRow, target: str) -> ResultRow:
     """The row for a target with no device connected: host accuracy labelled so, no latency."""
-    row = {k: v for k, v in host_row.items() if k not in ("latency_ms", "latency_settings")}
-    row.update(
+    return replace(
+        host_row,
         target=target,
         measured_on=HOST_LABEL,
         latency_ms=None,
+        latency_settings=None,
+        latency_conditions=None,
         latency_note=f"not measured on device: no {target} device connected; "
         f"accuracy is the same artifact run on {HOST_LABEL}",
+        details=dict(host_row.details),
     )
-    return row
 
 
 def measure_rows(
@@ -110,7 +109,7 @@ def measure_rows(
     connect: Callable[[], Any] | None = None,
     estimate_graphs: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> list[dict[str, Any]]:
+) -> list[ResultRow]:
     """One row per artifact x target: the host always; the chosen device target as well.
 
     Host rows go into ``latency_queue`` without latency: the caller times the queue in one interleaved
@@ -121,7 +120,7 @@ def measure_rows(
     figures, a latency estimate labelled as such. ``estimate_graphs`` maps an artifact's source stage to
     an ONNX of the same model, for estimating formats that are not ONNX themselves.
     """
-    rows = []
+    rows: list[ResultRow] = []
     for art in tqdm(artifacts, desc="measure", unit="artifact", disable=not progress):
         path = export_dir / art["file"]
         base = {
@@ -135,21 +134,13 @@ def measure_rows(
             "stage": art.get("source", "distill"),
         }
         if art["format"] not in HOST_RUNTIMES:
+            note = f"{art['format']} artifacts are measured by the device runner"
             rows.append(
-                {
-                    **base,
-                    "target": target,
-                    "measured_on": None,
-                    "accuracy": None,
-                    "accuracy_std": None,
-                    "tar_at_far": {},
-                    "latency_ms": None,
-                    "latency_note": f"{art['format']} artifacts are measured by the device runner",
-                }
+                ResultRow.from_dict({**base, "role": "artifact", "target": target, "latency_note": note})
             )
             continue
         fields, embedder = host_accuracy(path, sets, threads=threads, flip=flip)
-        host = {**base, "target": "host", **fields}
+        host = ResultRow.from_dict({**base, "role": "artifact", "target": "host", **fields})
         rows.append(host)
         latency_queue.append((host, embedder))
         log(f"[measure] {art['name']} on {HOST_LABEL}: {accuracy_line(host)}")
@@ -162,22 +153,23 @@ def measure_rows(
 
             settings = {"warmup": warmup, "runs": runs, "threads": threads, "flip": flip}
             on_device = measure_on_device(connect(), art, path, sets, settings)
-            rows.append({**on_device, "target": device.name if target == "host" else target})
-            log(f"[measure] {art['name']} on {rows[-1]['measured_on']}: {accuracy_line(rows[-1])}")
+            on_device.target = device.name if target == "host" else target
+            rows.append(on_device)
+            log(f"[measure] {art['name']} on {on_device.measured_on}: {accuracy_line(on_device)}")
             continue
         rows.append(_estimated_row(host, target, device, path, art, threads, estimate_graphs or {}))
     return rows
 
 
 def _estimated_row(
-    host: dict[str, Any],
+    host: ResultRow,
     target: str,
     device: Any,
     path: Path,
     art: dict[str, Any],
     threads: int,
     graphs: dict[str, Path],
-) -> dict[str, Any]:
+) -> ResultRow:
     """No device connected: host accuracy, no latency, and a roofline estimate where one can be made."""
     row = device_row_without_device(host, target)
     # The fp32 graph of the same model, counted at the row's precision: an INT8 Q/DQ file keeps its
@@ -190,8 +182,8 @@ def _estimated_row(
     try:
         est = estimate_row(host, device, graph, threads=threads, precision=art["precision"])
     except InputError as exc:  # the catalogue lacks a figure for this precision: say so, estimate nothing
-        row["latency_estimate_note"] = f"no estimate: {exc}"
+        row.details["latency_estimate_note"] = f"no estimate: {exc}"
         return row
-    est["target"] = target
-    est["device"] = {"name": device.name, "catalogue": str(device.path)}
+    est.target = target
+    est.details["device"] = {"name": device.name, "catalogue": str(device.path)}
     return est

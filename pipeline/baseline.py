@@ -21,9 +21,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from devices.rows import ResultRow, rows_from
+from devices.rows import finite as _finite
 from distill.errors import InputError
 from pipeline.gate import BASELINE_VERSION, PERCENTILES, check_baseline, check_results
-from pipeline.report import finite as _finite
 
 
 @dataclass(frozen=True)
@@ -40,29 +41,23 @@ class Tolerances:
     size_max_increase_pct: float = 5.0
 
 
-def _row_baseline(
-    row: dict[str, Any], tol: Tolerances, floors: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": row["name"],
-        "target": row["target"],
-        "measured_on": row.get("measured_on"),
-    }
+def _row_baseline(row: ResultRow, tol: Tolerances, floors: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": row.name, "target": row.target, "measured_on": row.measured_on}
     notes: list[str] = []
-    acc = row.get("accuracy")
+    acc = row.accuracy
     if _finite(acc):
-        rule: dict[str, Any] = {"reference": float(acc)}
-        std = row.get("accuracy_std")
+        rule: dict[str, Any] = {"reference": float(acc)}  # type: ignore[arg-type]
+        std = row.accuracy_std
         if _finite(std) and tol.accuracy_std_k > 0:
             rule["reference_std"] = float(std)
             rule["use_std"] = tol.accuracy_std_k
         rule["max_drop"] = tol.accuracy_max_drop
-        pairs = ((row.get("sets") or {}).get(row.get("val_set")) or {}).get("pairs")
+        pairs = row.set_metrics().get("pairs")
         if isinstance(pairs, int) and pairs > 0 and tol.accuracy_binomial_k > 0:
             rule["pairs"], rule["binomial_k"] = pairs, tol.accuracy_binomial_k
         if tol.accuracy_floor is not None:
             rule["floor"] = tol.accuracy_floor
-        pixels = (((floors or {}).get(row.get("val_set")) or {}).get("pixels") or {}).get("accuracy")
+        pixels = (((floors or {}).get(row.val_set) or {}).get("pixels") or {}).get("accuracy")
         if _finite(pixels) and float(acc) > float(pixels):
             rule["above_pixel_floor"] = True
         elif _finite(pixels):
@@ -74,7 +69,7 @@ def _row_baseline(
     else:
         notes.append("accuracy not gated: the run has no accuracy for this row")
     tars: dict[str, Any] = {}
-    for far, tar in (row.get("tar_at_far") or {}).items():
+    for far, tar in row.tar_at_far.items():
         if _finite(tar):
             t: dict[str, Any] = {"reference": float(tar), "max_drop": tol.tar_max_drop}
             if tol.tar_floor is not None:
@@ -84,27 +79,26 @@ def _row_baseline(
             notes.append(f"TAR@FAR={far} not gated: not computable in this run")
     if tars:
         out["tar_at_far"] = tars
-    lat = row.get("latency_ms")
-    cond = row.get("latency_conditions") if isinstance(row.get("latency_conditions"), dict) else {}
+    lat = row.latency_ms.to_dict() if row.latency_ms is not None else None
     if not tol.latency:
         notes.append("latency not gated: disabled when the baseline was written")
-    elif cond.get("trustworthy") is False:
-        why = "; ".join(str(r) for r in cond.get("reasons") or [])
+    elif lat is not None and not row.trustworthy_latency:
+        why = "; ".join(str(r) for r in (row.latency_conditions or {}).get("reasons") or [])
         notes.append(
             f"latency not gated: too noisy when measured to be a reference ({why}); measure it again"
         )
-    elif isinstance(lat, dict) and all(_finite(lat.get(p)) for p in tol.latency_percentiles):
+    elif lat is not None and all(_finite(lat.get(p)) for p in tol.latency_percentiles):
         out["latency"] = {
-            "measured_on": row.get("measured_on"),
+            "measured_on": row.measured_on,
             "reference_ms": {p: float(lat[p]) for p in tol.latency_percentiles},
             "max_increase_pct": tol.latency_max_increase_pct,
         }
     else:
-        why = row.get("latency_note") or "no measured latency"
-        if row.get("latency_estimate_ms") is not None:
+        why = row.latency_note or "no measured latency"
+        if row.latency_estimate_ms is not None:
             why += "; estimates are not gated"
         notes.append(f"latency not gated: {why}")
-    size = row.get("size_bytes")
+    size = row.size_bytes
     if _finite(size):
         out["size"] = {
             "reference": int(size),
@@ -129,7 +123,8 @@ def make_baseline(results: dict[str, Any], tolerances: Tolerances | None = None)
         if getattr(tol, name) < 0:
             raise InputError(f"tolerances: {name} must be >= 0")
     check_results(results)
-    rows = [_row_baseline(r, tol, results.get("floors")) for r in results["rows"]]
+    result_rows = rows_from(results)
+    rows = [_row_baseline(r, tol, results.get("floors")) for r in result_rows]
     baseline = {
         "tool": "facekd",
         "kind": "baseline",
@@ -137,7 +132,7 @@ def make_baseline(results: dict[str, Any], tolerances: Tolerances | None = None)
         "target": results["target"],
         "rows": rows,
     }
-    used = {r.get("val_set") for r in results["rows"]}
+    used = {r.val_set for r in result_rows}
     sets = {name: spec for name, spec in (results.get("val_sets") or {}).items() if name in used}
     if sets:
         baseline["val_sets"] = sets

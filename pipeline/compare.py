@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from devices.rows import ResultRow, rows_from
 from pipeline.gate import check_results, load_json_file
+from pipeline.report import text_table
 
 FRACTION_METRICS = ("accuracy", "accuracy_std")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
@@ -45,27 +47,21 @@ def _metric_change(item: str, metric: str, a: Any, b: Any, relative: bool = Fals
     return Change("row", item, metric, a, b, "same" if a == b else "changed", delta, rel)
 
 
-def _row_metrics(row: dict[str, Any]) -> dict[str, tuple[Any, bool]]:
+def _row_metrics(row: ResultRow) -> dict[str, tuple[Any, bool]]:
     """metric name -> (value, compare relatively) for one results row."""
     out: dict[str, tuple[Any, bool]] = {}
     for key in FRACTION_METRICS:
-        out[key] = (row.get(key), False)
-    for far, tar in (row.get("tar_at_far") or {}).items():
+        out[key] = (getattr(row, key), False)
+    for far, tar in row.tar_at_far.items():
         out[f"TAR@FAR={far}"] = (tar, False)
-    lat = row.get("latency_ms") if isinstance(row.get("latency_ms"), dict) else {}
     for p in LATENCY_PERCENTILES:
-        out[f"latency {p}"] = (lat.get(p), True)
-    est = row.get("latency_estimate_ms")
-    if est is not None:
-        out["latency estimate"] = (est.get("p50") if isinstance(est, dict) else est, True)
-    out["size"] = (row.get("size_bytes"), True)
-    out["measured_on"] = (row.get("measured_on"), False)
-    out["sha256"] = (row.get("sha256"), False)
+        out[f"latency {p}"] = (getattr(row.latency_ms, p, None), True)
+    if row.latency_estimate_ms is not None:
+        out["latency estimate"] = (row.latency_estimate_ms, True)
+    out["size"] = (row.size_bytes, True)
+    out["measured_on"] = (row.measured_on, False)
+    out["sha256"] = (row.sha256, False)
     return out
-
-
-def _row_label(row: dict[str, Any]) -> str:
-    return f"{row['name']} @ {row['target']}"
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -113,8 +109,8 @@ def compare_runs(run_a: Path, run_b: Path) -> list[Change]:
     res_a, res_b = load_json_file(run_a, "results"), load_json_file(run_b, "results")
     check_results(res_a, str(run_a))
     check_results(res_b, str(run_b))
-    rows_a = {_row_label(r): r for r in res_a["rows"]}
-    rows_b = {_row_label(r): r for r in res_b["rows"]}
+    rows_a = {r.label(): r for r in rows_from(res_a, str(run_a))}
+    rows_b = {r.label(): r for r in rows_from(res_b, str(run_b))}
     changes: list[Change] = []
     for label, ra in rows_a.items():
         rb = rows_b.get(label)
@@ -174,20 +170,12 @@ def _fmt_delta(c: Change) -> str:
     return f"{c.delta:+g}"
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return out
-
-
 def format_compare(changes: list[Change], label_a: str = "A", label_b: str = "B") -> str:
     """Terminal text: the metric table (``=`` where equal), rows added/removed, settings that differ."""
     out = [f"A: {label_a}", f"B: {label_b}", ""]
     metric_rows = [c for c in changes if c.section == "row" and c.metric != "row"]
     if metric_rows:
-        out += _table(
+        out += text_table(
             ["row", "metric", "A", "B", "B - A"],
             [
                 [c.item, c.metric, _fmt(c.metric, c.a), _fmt(c.metric, c.b), _fmt_delta(c)]
@@ -201,7 +189,7 @@ def format_compare(changes: list[Change], label_a: str = "A", label_b: str = "B"
     other = [c for c in changes if c.section != "row"]
     if other:
         out.append("")
-        out += _table(
+        out += text_table(
             ["what", "name", "A", "B"],
             [[c.section, c.item, _short(c.a), _short(c.b)] for c in other],
         )

@@ -175,10 +175,9 @@ def _print_list(catalogue: dict[str, Any], as_json: bool) -> None:
         "mem_gb_s": "mem GB/s",
         "cpu_cores": "cores",
     }
-    widths = {k: max(len(h), *(len(r[k]) for r in rows)) for k, h in headers.items()}
-    print("  ".join(h.ljust(widths[k]) for k, h in headers.items()).rstrip())
-    for r in rows:
-        print("  ".join(r[k].ljust(widths[k]) for k in headers).rstrip())
+    from pipeline.report import text_table
+
+    print("\n".join(text_table(list(headers.values()), [[r[k] for k in headers] for r in rows], rule=False)))
     print()
     print("Peaks: the GPU's dense figures on Jetsons, the CPU's on phones and hosts, each with its unit.")
     print(LEGEND)

@@ -60,8 +60,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devices.rows import ResultRow, finite, pct, rows_from
 from distill.errors import InputError
-from pipeline.report import finite
+from pipeline.report import text_table
 
 BASELINE_VERSION = 1
 _ROW_KEYS = {"name", "target", "measured_on", "accuracy", "tar_at_far", "latency", "size", "notes"}
@@ -145,19 +146,7 @@ def load_json_file(path: str | Path, what: str) -> dict[str, Any]:
 
 def check_results(results: Any, source: str = "results") -> None:
     """Shape check of a results.json object (values are judged by the rules, not here)."""
-    if not isinstance(results, dict):
-        raise InputError(f"{source}: must be a JSON object")
-    rows = results.get("rows")
-    if not isinstance(rows, list):
-        raise InputError(f"{source}: 'rows' must be a list of result rows")
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InputError(f"{source}: rows[{i}] must be an object")
-        for key in ("name", "target"):
-            if not isinstance(row.get(key), str) or not row.get(key):
-                raise InputError(f"{source}: rows[{i}] has no '{key}' string")
-        if row.get("measured_on") is not None and not isinstance(row["measured_on"], str):
-            raise InputError(f"{source}: rows[{i}] 'measured_on' must be a string or null")
+    rows_from(results, source)  # every row's fields have their types
     if not isinstance(results.get("target"), str):
         raise InputError(f"{source}: 'target' must be a string")
 
@@ -296,30 +285,29 @@ def _check_latency(sec: dict[str, Any] | None, where: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ gate
-def _row_label(row: dict[str, Any]) -> str:
-    return f"{row['name']} @ {row['target']} ({row.get('measured_on') or 'not measured'})"
+def _row_label(base: dict[str, Any]) -> str:
+    """A baseline row's label, as its results row's ``label(place=True)``."""
+    return ResultRow(name=base["name"], target=base["target"], measured_on=base.get("measured_on")).label(
+        place=True
+    )
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.2f} %"
+    return pct(x, " %")
 
 
-def _value(row: dict[str, Any], key: str) -> tuple[float | None, str]:
-    """(value, why-missing) for a top-level numeric metric of a results row."""
-    if key not in row:
-        return None, f"'{key}' missing from the results row"
-    v = row[key]
+def _value(v: Any, key: str) -> tuple[float | None, str]:
+    """(value, why-missing) for a numeric metric of a results row (None: missing or null)."""
     if v is None:
-        return None, f"'{key}' not computed (null)"
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return None, f"'{key}' missing or not computed (null) in the results row"
+    if not finite(v):
         return None, f"'{key}' is not a finite number ({v!r})"
     return float(v), ""
 
 
-def _tar_reason(row: dict[str, Any], far: str) -> str:
+def _tar_reason(row: ResultRow, far: str) -> str:
     """The measure stage's reason why a TAR was not computable, when it recorded one."""
-    sets = row.get("sets") if isinstance(row.get("sets"), dict) else {}
-    val = row.get("val_set")
+    sets, val = row.sets, row.val_set
     candidates = [sets.get(val)] if val in sets else list(sets.values())
     for s in candidates:
         for text in (s or {}).get("tar_not_computable") or []:
@@ -334,7 +322,7 @@ class _RowGate:
     def __init__(
         self,
         base: dict[str, Any],
-        row: dict[str, Any] | None,
+        row: ResultRow | None,
         out: list[RuleResult],
         floors: dict[str, Any] | None = None,
     ):
@@ -352,7 +340,7 @@ class _RowGate:
         """(kind, message) when the row cannot be checked at all for this metric, else None."""
         if self.row is None:
             return "row_missing", f"{self.label}: row missing from the results (baseline expects it)"
-        got, want = self.row.get("measured_on"), self.base.get("measured_on")
+        got, want = self.row.measured_on, self.base.get("measured_on")
         if same_place and got != want:
             return "measured_elsewhere", (
                 f"{self.label}: {metric} measured on {got!r}, baseline on {want!r}; not comparable"
@@ -407,14 +395,14 @@ class _RowGate:
         sec = self.base.get("accuracy")
         if sec is None:
             return
-        actual, why = _value(self.row or {}, "accuracy")
+        actual, why = _value(self.row.accuracy if self.row else None, "accuracy")
         self.fraction_rules("accuracy", sec, actual, why, "missing")
         if sec.get("above_pixel_floor"):
             self.pixel_floor(actual, why)
 
     def pixel_floor(self, actual: float | None, why: str) -> None:
         """accuracy > raw pixels compared by cosine on the row's verification set."""
-        val = (self.row or {}).get("val_set")
+        val = self.row.val_set if self.row else None
         floor = ((self.floors.get(val) or {}).get("pixels") or {}).get("accuracy") if val else None
         rule = "above raw pixels compared by cosine"
         blocked = self.unavailable("accuracy")
@@ -441,19 +429,17 @@ class _RowGate:
     def tar(self) -> None:
         for far, sec in (self.base.get("tar_at_far") or {}).items():
             metric = f"TAR@FAR={far}"
-            tars = (self.row or {}).get("tar_at_far")
+            tars = self.row.tar_at_far if self.row else {}
             actual: float | None = None
             kind = "missing"
-            if not isinstance(tars, dict):
-                why = "'tar_at_far' missing from the results row"
-            elif far not in tars:
+            if far not in tars:
                 why = f"{metric} missing from the results row"
             elif tars[far] is None:
-                reason = _tar_reason(self.row or {}, far)
+                reason = _tar_reason(self.row, far) if self.row else ""
                 why = f"{metric} not computable" + (f": {reason}" if reason else " (null)")
                 kind = "not_computable"
             else:
-                actual, why = _value(tars, far)
+                actual, why = _value(tars[far], far)
             self.fraction_rules(metric, sec, actual, why, kind)
 
     def latency(self) -> None:
@@ -470,26 +456,27 @@ class _RowGate:
             if blocked and blocked[0] == "row_missing":
                 self.add(metric, "increase", rule, expected, "-", False, blocked[1], blocked[0])
                 continue
-            row = self.row or {}
-            got_on = row.get("measured_on")
-            lat = row.get("latency_ms")
+            row = self.row
+            assert row is not None  # a missing row was handled above
+            got_on = row.measured_on
+            value = getattr(row.latency_ms, p, None)
             if got_on != sec["measured_on"]:
                 msg = (
                     f"{self.label}: latency measured on {got_on!r}, baseline on {sec['measured_on']!r}; "
                     "not comparable"
                 )
                 self.add(metric, "increase", rule, expected, "-", False, msg, "measured_elsewhere")
-            elif not isinstance(lat, dict) or lat.get(p) is None:
+            elif value is None:
                 why = "latency not measured"
-                if row.get("latency_note"):
-                    why += f" ({row['latency_note']})"
-                if row.get("latency_estimate_ms") is not None:
+                if row.latency_note:
+                    why += f" ({row.latency_note})"
+                if row.latency_estimate_ms is not None:
                     why += "; only an estimate, which the gate does not accept"
                 self.add(
                     metric, "increase", rule, expected, "missing", False, f"{self.label}: {why}", "missing"
                 )
             else:
-                actual, why = _value(lat, p)
+                actual, why = _value(value, p)
                 if actual is None:
                     self.add(
                         metric,
@@ -537,7 +524,7 @@ class _RowGate:
         if blocked:
             self.add("size", "max", rule, expected, "-", False, blocked[1], blocked[0])
             return
-        actual, why = _value(self.row or {}, "size_bytes")
+        actual, why = _value(self.row.size_bytes if self.row else None, "size_bytes")
         if actual is None:
             self.add("size", "max", rule, expected, "missing", False, f"{self.label}: {why}", "missing")
         elif actual <= limit:
@@ -548,10 +535,10 @@ class _RowGate:
             self.add("size", "max", rule, expected, f"{actual / 1e6:.3f} MB", False, msg, "regression")
 
 
-def _match(base: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _match(base: dict[str, Any], rows: list[ResultRow]) -> ResultRow | None:
     """The results row for a baseline row: same name and target, preferring the same measured_on."""
-    same = [r for r in rows if r["name"] == base["name"] and r["target"] == base["target"]]
-    exact = [r for r in same if r.get("measured_on") == base.get("measured_on")]
+    same = [r for r in rows if r.name == base["name"] and r.target == base["target"]]
+    exact = [r for r in same if r.measured_on == base.get("measured_on")]
     return (exact or same or [None])[0]
 
 
@@ -591,9 +578,10 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         )
     same_verification_sets(results, baseline)
     report = GateReport(target=results["target"])
+    rows = rows_from(results)
     matched: set[int] = set()
     for base in baseline["rows"]:
-        row = _match(base, results["rows"])
+        row = _match(base, rows)
         if row is not None:
             matched.add(id(row))
         before = len(report.rules)
@@ -604,7 +592,7 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         g.size()
         if len(report.rules) == before:  # a row without rules still has to be there
             g.presence()
-    report.not_gated = [_row_label(r) for r in results["rows"] if id(r) not in matched]
+    report.not_gated = [r.label(place=True) for r in rows if id(r) not in matched]
     if not baseline.get("val_sets"):
         report.notes.append(
             "the baseline does not record its verification sets (name, pairs, hash): it cannot tell a run on "
@@ -619,11 +607,7 @@ def format_table(report: GateReport) -> str:
     rules = sorted(report.rules, key=lambda r: r.passed)
     head = ("status", "row", "metric", "rule", "actual")
     cells = [(("PASS" if r.passed else "FAIL"), r.row, r.metric, r.rule, r.actual) for r in rules]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(cell, widths, strict=True)).rstrip() for cell in cells]
-    out.append("")
+    out = [*text_table(head, [list(c) for c in cells]), ""]
     for r in report.failures:
         out.append(f"FAIL {r.message}")
     for label in report.not_gated:

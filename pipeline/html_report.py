@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from devices.rows import ResultRow, finite, pct, rows_from
 from distill.atomic import write_text
 from distill.errors import InputError
 from pipeline import plots
@@ -27,7 +28,6 @@ from pipeline.report import (
     notes,
     render_markdown,
 )
-from pipeline.report import finite as _finite
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 HISTORY_STAGES = ("teacher", "distill", "qat")
@@ -53,10 +53,6 @@ def _e(x: Any) -> str:
     return html.escape("-" if x is None else str(x), quote=True)
 
 
-def _pct(x: Any) -> str:
-    return "-" if not _finite(x) else f"{100 * x:.2f}"
-
-
 def _img(png: bytes | None, alt: str, missing: str) -> str:
     if png is None:
         return f'<p class="muted">{_e(missing)}</p>'
@@ -74,33 +70,23 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _latency_cells(row: dict[str, Any]) -> list[str]:
+def _latency_cells(row: ResultRow) -> list[str]:
     kind = latency_kind(row)
-    if kind == "measured":
-        lat = row["latency_ms"]
+    if kind == "measured" and row.latency_ms is not None:
+        lat = row.latency_ms
         kind_cell = "measured (noisy)" if latency_untrustworthy(row) else "measured"
-        return [_e(f"{lat[p]:.2f}") if _finite(lat.get(p)) else "-" for p in ("p50", "p90", "p99")] + [
-            kind_cell
-        ]
+        return [_e(f"{v:.2f}") if finite(v) else "-" for v in (lat.p50, lat.p90, lat.p99)] + [kind_cell]
     if kind == "estimated":
-        est = row.get("latency_estimate_ms")
-        vals = est if isinstance(est, dict) else {"p50": est}
-        cells = [
-            f'<span class="est">~{vals[p]:.2f}</span>' if _finite(vals.get(p)) else "-"
-            for p in ("p50", "p90", "p99")
-        ]
-        return cells + ['<span class="est">estimated</span>']
-    return ["-", "-", "-", f'<span class="muted">{_e(row.get("latency_note") or "not measured")}</span>']
+        est = row.latency_estimate_ms
+        p50 = f'<span class="est">~{est:.2f}</span>' if finite(est) else "-"
+        return [p50, "-", "-", '<span class="est">estimated</span>']
+    return ["-", "-", "-", f'<span class="muted">{_e(row.latency_note or "not measured")}</span>']
 
 
-def results_html(rows: list[dict[str, Any]]) -> str:
+def results_html(rows: list[ResultRow]) -> str:
     # FARs no row could compute are left out here (the notes under the table say why)
-    fars = sorted(
-        {k for r in rows for k, v in (r.get("tar_at_far") or {}).items() if _finite(v)},
-        key=float,
-        reverse=True,
-    )
-    with_stage = any(r.get("stage") for r in rows)
+    fars = sorted({k for r in rows for k, v in r.tar_at_far.items() if finite(v)}, key=float, reverse=True)
+    with_stage = any(r.stage for r in rows)
     head = ["artifact"] + (["stage"] if with_stage else []) + ["format", "precision", "target", "measured on"]
     head += ["accuracy %", "± std"]
     head += ["Δ vs fp32 pts"] + [f"TAR@FAR={_e(f)} %" for f in fars]
@@ -115,22 +101,22 @@ def results_html(rows: list[dict[str, Any]]) -> str:
             delta = "-"
         else:
             cls = "pos" if d > 0 else "neg" if d < 0 else ""
-            title = f"vs {ref.get('name')} @ {ref.get('target')}"
+            title = f"vs {ref.label()}" if ref is not None else ""
             delta = f'<span class="{cls}" title="{_e(title)}">{100 * d:+.2f}</span>'
-        size = r.get("size_bytes")
-        cells = [_e(r.get("name"))] + ([_e(r.get("stage"))] if with_stage else [])
+        size = r.size_bytes
+        cells = [_e(r.name)] + ([_e(r.stage)] if with_stage else [])
         cells += [
-            _e(r.get("format")),
-            _e(r.get("precision")),
-            _e(r.get("target")),
-            _e(r.get("measured_on")),
-            _pct(r.get("accuracy")),
-            _pct(r.get("accuracy_std")),
+            _e(r.format),
+            _e(r.precision),
+            _e(r.target),
+            _e(r.measured_on),
+            pct(r.accuracy),
+            pct(r.accuracy_std),
             delta,
         ]
-        cells += [_pct((r.get("tar_at_far") or {}).get(f)) for f in fars]
+        cells += [pct(r.tar_at_far.get(f)) for f in fars]
         cells += _latency_cells(r)
-        cells.append("-" if not _finite(size) else f"{size / 1e6:.2f}")
+        cells.append("-" if not finite(size) else f"{size / 1e6:.2f}")  # type: ignore[operator]
         body.append(cells)
     return '<div class="scroll">' + _table(head, body, left=6 if with_stage else 5) + "</div>"
 
@@ -156,14 +142,14 @@ def _stages_html(manifest: dict[str, Any]) -> str:
     return _table(["stage", "started", "seconds", "key", "outputs (sha256)"], rows, left=5)
 
 
-def _artifacts_html(rows: list[dict[str, Any]]) -> str:
+def _artifacts_html(rows: list[ResultRow]) -> str:
     seen, body = set(), []
     for r in rows:
-        h = r.get("sha256")
+        h = r.sha256
         if not h or h in seen:
             continue
         seen.add(h)
-        body.append([_e(r.get("name")), f"<code>{_e(h)}</code>", _e(r.get("size_bytes")), _e(r.get("path"))])
+        body.append([_e(r.name), f"<code>{_e(h)}</code>", _e(r.size_bytes), _e(r.path)])
     if not body:
         return '<p class="muted">no hashed files</p>'
     return _table(["artifact", "sha256", "bytes", "path"], body, left=4)
@@ -176,9 +162,9 @@ def render_html(
     config: dict[str, Any] | None,
 ) -> str:
     """The whole page as a string; ``histories`` maps a training stage name to its history.json."""
-    rows = results.get("rows") or []
+    rows = rows_from(results)
     target = results.get("target", "?")
-    val = rows[0].get("val_set") if rows else None
+    val = rows[0].val_set if rows else None
     versions = first_versions(manifest)
     parts = [
         "<!DOCTYPE html>",
@@ -232,8 +218,7 @@ def load_run(run_root: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
             break
     else:
         raise InputError(f"{root}: no results.json (nor measure/results.json); run the measure stage first")
-    if not isinstance(results.get("rows"), list):
-        raise InputError(f"{root}/results.json: 'rows' must be a list")
+    rows_from(results, f"{root}/results.json")  # one-line error now, not halfway through the page
     man_path = root / "manifest.json"
     manifest = load_json_file(man_path, "manifest") if man_path.is_file() else {}
     histories = {}

@@ -11,7 +11,8 @@ import io
 import math
 from typing import Any
 
-from pipeline.report import finite as _finite
+from devices.rows import ResultRow
+from devices.rows import finite as _finite
 
 ESTIMATED_LABEL = "estimated"
 _LOSS_SKIP = {"step", "lr", "epoch", "images", "seconds", "images_per_second"}
@@ -29,21 +30,18 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def short_name(row: dict[str, Any]) -> str:
+def short_name(row: ResultRow) -> str:
     """Artifact name plus its training stage when rows carry one (int8 after PTQ vs after QAT)."""
-    stage = row.get("stage")
-    return f"{row.get('name', '?')} [{stage}]" if stage else str(row.get("name", "?"))
+    return f"{row.name} [{row.stage}]" if row.stage else row.name
 
 
-def _val_set(row: dict[str, Any]) -> dict[str, Any] | None:
-    sets = row.get("sets")
-    if not isinstance(sets, dict) or not sets:
+def _val_set(row: ResultRow) -> dict[str, Any] | None:
+    if not row.sets:
         return None
-    val = row.get("val_set")
-    return sets.get(val) if val in sets else next(iter(sets.values()))
+    return row.sets.get(row.val_set) if row.val_set in row.sets else next(iter(row.sets.values()))
 
 
-def roc_png(rows: list[dict[str, Any]]) -> bytes | None:
+def roc_png(rows: list[ResultRow]) -> bytes | None:
     """Every row's ROC on one log-FPR plot; identical curves (one file, several targets) drawn once."""
     curves: dict[tuple[Any, ...], tuple[list[str], list[float], list[float], Any]] = {}
     for row in rows:
@@ -52,11 +50,11 @@ def roc_png(rows: list[dict[str, Any]]) -> bytes | None:
         fpr, tpr = roc.get("fpr"), roc.get("tpr")
         if not isinstance(fpr, list) or not isinstance(tpr, list) or len(fpr) != len(tpr) or not fpr:
             continue
-        key = (row.get("sha256") or short_name(row), tuple(fpr), tuple(tpr))
+        key = (row.sha256 or short_name(row), tuple(fpr), tuple(tpr))
         if key in curves:
-            curves[key][0].append(row.get("target", "?"))
+            curves[key][0].append(row.target)
         else:
-            curves[key] = ([row.get("target", "?")], fpr, tpr, (short_name(row), s.get("roc_auc")))
+            curves[key] = ([row.target], fpr, tpr, (short_name(row), s.get("roc_auc")))
     if not curves:
         return None
     fig = _figure(7.5, 5.0)
@@ -81,16 +79,12 @@ def roc_png(rows: list[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-def latency_point(row: dict[str, Any]) -> tuple[float, bool] | None:
+def latency_point(row: ResultRow) -> tuple[float, bool] | None:
     """(p50 ms, is_estimate) for a row: a measurement wins over an estimate; None when neither exists."""
-    lat = row.get("latency_ms")
-    if isinstance(lat, dict) and _finite(lat.get("p50")):
-        return float(lat["p50"]), False
-    est = row.get("latency_estimate_ms")
-    if isinstance(est, dict):
-        est = est.get("p50", est.get("mean"))
-    if _finite(est):
-        return float(est), True
+    if row.latency_ms is not None and _finite(row.latency_ms.p50):
+        return float(row.latency_ms.p50), False  # type: ignore[arg-type]
+    if _finite(row.latency_estimate_ms):
+        return float(row.latency_estimate_ms), True  # type: ignore[arg-type]
     return None
 
 
@@ -107,15 +101,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def pareto_png(rows: list[dict[str, Any]]) -> bytes | None:
+def pareto_png(rows: list[ResultRow]) -> bytes | None:
     """Accuracy vs p50 latency, one panel per target, Pareto front drawn; estimated latencies marked."""
     by_target: dict[str, list[tuple[float, float, bool, str]]] = {}
     for row in rows:
         lp = latency_point(row)
-        if lp is None or not _finite(row.get("accuracy")):
+        if lp is None or not _finite(row.accuracy):
             continue
-        by_target.setdefault(str(row.get("target", "?")), []).append(
-            (lp[0], float(row["accuracy"]), lp[1], short_name(row))
+        by_target.setdefault(row.target, []).append(
+            (lp[0], float(row.accuracy), lp[1], short_name(row))  # type: ignore[arg-type]
         )
     if not by_target:
         return None

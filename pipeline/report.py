@@ -6,103 +6,79 @@ same derived values (delta vs fp32, latency kind), so the two never disagree.
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from devices.rows import ResultRow, finite, pct, rows_from
 
 ESTIMATED = "estimated"
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+def text_table(head: list[str] | tuple[str, ...], rows: list[list[str]], rule: bool = True) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart; a dashed line under the head (``rule``)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    out += ["  ".join("-" * w for w in widths)] if rule else []
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return out
 
 
-def finite(v: Any) -> bool:
-    """A real number that is not NaN/inf (bool excluded): what a results figure must be to be shown."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-_finite = finite
-
-
-def model_of(row: dict[str, Any]) -> str:
-    """The model a row belongs to ("student", "teacher"): the name's first dash-separated part."""
-    name = str(row.get("name") or "")
-    return name.split("-", 1)[0] or str(row.get("role") or "")
-
-
-def fp32_reference(row: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def fp32_reference(row: ResultRow, rows: list[ResultRow]) -> ResultRow | None:
     """The fp32 row a row's accuracy is compared with: same model and stage, preferring the PyTorch
     source model, then the same target and format. Falls back to the model's stage-less/distill fp32 row
     (a QAT int8 artifact is judged against the distilled fp32 model when QAT left no fp32 row)."""
-    model, stage = model_of(row), row.get("stage")
-    fp32 = [
-        r
-        for r in rows
-        if r.get("precision") == "fp32" and model_of(r) == model and _finite(r.get("accuracy"))
-    ]
-    cands = [r for r in fp32 if r.get("stage") == stage]
+    fp32 = [r for r in rows if r.precision == "fp32" and r.model == row.model and finite(r.accuracy)]
+    cands = [r for r in fp32 if r.stage == row.stage]
     if not cands:
-        cands = [r for r in fp32 if r.get("stage") in (None, "distill")]
+        cands = [r for r in fp32 if r.stage in (None, "distill")]
     if not cands:
         return None
 
-    def score(r: dict[str, Any]) -> tuple[int, int, int]:
-        return (
-            r.get("format") != "pytorch",
-            r.get("target") != row.get("target"),
-            r.get("format") != row.get("format"),
-        )
+    def score(r: ResultRow) -> tuple[bool, bool, bool]:
+        return (r.format != "pytorch", r.target != row.target, r.format != row.format)
 
     return min(cands, key=score)
 
 
-def accuracy_delta(row: dict[str, Any], rows: list[dict[str, Any]]) -> float | None:
+def accuracy_delta(row: ResultRow, rows: list[ResultRow]) -> float | None:
     """accuracy - accuracy of the fp32 reference (0..1 scale); None when either is missing."""
     ref = fp32_reference(row, rows)
-    if ref is None or not _finite(row.get("accuracy")):
+    if ref is None or not finite(row.accuracy):
         return None
-    return float(row["accuracy"]) - float(ref["accuracy"])
+    return float(row.accuracy) - float(ref.accuracy)  # type: ignore[arg-type]
 
 
-def latency_kind(row: dict[str, Any]) -> str:
+def latency_kind(row: ResultRow) -> str:
     """measured | estimated | none — an estimate is never shown as if it were a measurement."""
-    lat = row.get("latency_ms")
-    if isinstance(lat, dict) and _finite(lat.get("p50")):
+    if row.latency_ms is not None and finite(row.latency_ms.p50):
         return "measured"
-    if row.get("latency_estimate_ms") is not None:
+    if row.latency_estimate_ms is not None:
         return ESTIMATED
     return "none"
 
 
-def _estimate_text(est: Any) -> str:
-    if isinstance(est, dict):
-        parts = [f"{est[p]:.2f}" for p in ("p50", "p90", "p99") if _finite(est.get(p))]
-        if not parts and _finite(est.get("mean")):
-            parts = [f"{est['mean']:.2f}"]
-        return " / ".join(parts) if parts else "?"
-    return f"{est:.2f}" if _finite(est) else "?"
-
-
-def latency_untrustworthy(row: dict[str, Any]) -> list[str]:
+def latency_untrustworthy(row: ResultRow) -> list[str]:
     """Why a measured latency should not be compared (spread, a busy machine); [] when it can be."""
-    cond = row.get("latency_conditions")
-    if latency_kind(row) != "measured" or not isinstance(cond, dict) or cond.get("trustworthy", True):
+    if latency_kind(row) != "measured" or row.trustworthy_latency:
         return []
-    return [str(r) for r in cond.get("reasons") or ["marked untrustworthy"]]
+    return [str(r) for r in (row.latency_conditions or {}).get("reasons") or ["marked untrustworthy"]]
 
 
-def latency_text(row: dict[str, Any]) -> str:
+def latency_text(row: ResultRow) -> str:
     kind = latency_kind(row)
     if kind == "measured":
-        lat = row["latency_ms"]
-        text = " / ".join("-" if not _finite(lat.get(p)) else f"{lat[p]:.2f}" for p in ("p50", "p90", "p99"))
+        lat = row.latency_ms
+        text = " / ".join(
+            "-" if not finite(v) else f"{v:.2f}"
+            for v in (lat.p50, lat.p90, lat.p99)  # type: ignore[union-attr]
+        )
         return text + (" (noisy)" if latency_untrustworthy(row) else "")
     if kind == ESTIMATED:
-        return f"~{_estimate_text(row['latency_estimate_ms'])} ({ESTIMATED})"
+        est = row.latency_estimate_ms
+        return f"~{est:.2f} ({ESTIMATED})" if finite(est) else f"~? ({ESTIMATED})"
     return "not measured on device"
 
 
-def _delta_text(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def _delta_text(row: ResultRow, rows: list[ResultRow]) -> str:
     ref = fp32_reference(row, rows)
     if ref is row:
         return "ref"
@@ -110,10 +86,10 @@ def _delta_text(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return "-" if d is None else f"{100 * d:+.2f}"
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
+def results_table(rows: list[ResultRow]) -> str:
     """Markdown table: one line per artifact x target, as in results.json."""
-    fars = sorted({k for r in rows for k in (r.get("tar_at_far") or {})}, key=float, reverse=True)
-    with_stage = any(r.get("stage") for r in rows)
+    fars = sorted({k for r in rows for k in r.tar_at_far}, key=float, reverse=True)
+    with_stage = any(r.stage for r in rows)
     head = ["model", "format", "precision", "target", "measured on", "accuracy %", "± std", "Δ vs fp32 pts"]
     head += [f"TAR@FAR={f} %" for f in fars]
     head += ["latency p50/p90/p99 ms", "latency", "size MB"]
@@ -121,41 +97,37 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
-            r.get("role", "") if r.get("role") != "artifact" else r["name"],
-            r.get("format", "-"),
-            r.get("precision", "-"),
-            r.get("target", "-"),
-            r.get("measured_on") or "-",
-            _pct(r.get("accuracy")),
-            _pct(r.get("accuracy_std")),
+            (r.role or "") if r.role != "artifact" else r.name,
+            r.format or "-",
+            r.precision or "-",
+            r.target,
+            r.measured_on or "-",
+            pct(r.accuracy),
+            pct(r.accuracy_std),
             _delta_text(r, rows),
         ]
-        cells += [_pct((r.get("tar_at_far") or {}).get(f)) for f in fars]
-        size = r.get("size_bytes")
+        cells += [pct(r.tar_at_far.get(f)) for f in fars]
+        size = r.size_bytes
         cells += [latency_text(r), latency_kind(r), "-" if size is None else f"{size / 1e6:.2f}"]
-        cells += [r.get("stage") or "-"] if with_stage else []
+        cells += [r.stage or "-"] if with_stage else []
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
-def notes(rows: list[dict[str, Any]]) -> list[str]:
+def notes(rows: list[ResultRow]) -> list[str]:
     """Footnotes of the table: latency notes, why a TAR is missing, what an estimate is."""
-    out = sorted({r["latency_note"] for r in rows if r.get("latency_note")})
+    out = sorted({r.latency_note for r in rows if r.latency_note})
     for r in rows:
         why = latency_untrustworthy(r)
         if why:
-            out.append(
-                f"{r.get('name')} ({r.get('target')}): latency noisy, do not compare it: {'; '.join(why)}"
-            )
+            out.append(f"{r.name} ({r.target}): latency noisy, do not compare it: {'; '.join(why)}")
     if any(latency_kind(r) == ESTIMATED for r in rows):
         out.append(
             "latencies marked 'estimated' are not measurements (no device connected); "
             "the gate never accepts them"
         )
-    val = rows[0].get("val_set") if rows else None
-    not_computable = sorted(
-        {s for r in rows for s in ((r.get("sets") or {}).get(val, {}).get("tar_not_computable") or [])}
-    )
+    val = rows[0].val_set if rows else None
+    not_computable = sorted({s for r in rows for s in (r.set_metrics(val).get("tar_not_computable") or [])})
     out += [f"TAR not computable: {s}" for s in not_computable]
     out.append("Δ vs fp32: accuracy minus that of the same model's fp32 row (same stage), in points")
     return out
@@ -166,11 +138,11 @@ def floor_lines(results: dict[str, Any]) -> list[str]:
     out = []
     for name, f in (results.get("floors") or {}).items():
         pixels = f.get("pixels") or {}
-        line = f"Floor on `{name}`: raw pixels compared by cosine score {_pct(pixels.get('accuracy'))} %"
-        if _finite(pixels.get("roc_auc")):
+        line = f"Floor on `{name}`: raw pixels compared by cosine score {pct(pixels.get('accuracy'))} %"
+        if finite(pixels.get("roc_auc")):
             line += f" (AUC {pixels['roc_auc']:.3f})"
-        if _finite(f.get("teacher")):
-            line += f"; the teacher {_pct(f['teacher'])} %"
+        if finite(f.get("teacher")):
+            line += f"; the teacher {pct(f['teacher'])} %"
         out.append(line + ". A model at or below the pixels has learned nothing useful.")
     return out
 
@@ -183,10 +155,10 @@ def first_versions(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
-    rows = results["rows"]
+    rows = rows_from(results)
     stages = manifest.get("stages", {})
     out = [f"# facekd run report (target: {results['target']})", ""]
-    val = rows[0].get("val_set") if rows else None
+    val = rows[0].val_set if rows else None
     out += [f"Verification set: `{val}` (10-fold accuracy, InsightFace protocol, flip fused).", ""]
     out += [results_table(rows), ""]
     out += [*floor_lines(results), ""] if results.get("floors") else []
@@ -202,15 +174,15 @@ def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
             f"Student training throughput: {distill['images_per_second']:.1f} img/s "
             "(forward + backward + update, data loading excluded).",
         ]
-    hashed = [r for r in rows if r.get("sha256")]
+    hashed = [r for r in rows if r.sha256]
     if hashed:
         out += ["", "## Artifacts", "", "| file | sha256 | bytes |", "|---|---|---|"]
         seen: set[str] = set()
         for r in hashed:
-            if r["sha256"] in seen:
+            if r.sha256 in seen:
                 continue
-            seen.add(r["sha256"])
-            out.append(f"| {r['name']} | `{r['sha256']}` | {r.get('size_bytes', '-')} |")
+            seen.add(r.sha256)  # type: ignore[arg-type]
+            out.append(f"| {r.name} | `{r.sha256}` | {r.size_bytes if r.size_bytes is not None else '-'} |")
     versions = first_versions(manifest)
     if versions:
         out += ["", "## Versions", ""] + [f"- {k}: {v}" for k, v in versions.items()]

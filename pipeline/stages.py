@@ -533,6 +533,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         from devices.accuracy import HOST_LABEL
         from devices.connect import device_reachable, open_runner, resolve_device
         from devices.measure import accuracy_line, add_host_latency, host_accuracy, measure_rows
+        from devices.rows import RESULTS_SCHEMA, ResultRow
         from pipeline.runfolder import sha256_file
 
         device = resolve_device(ctx.target, ctx.connection)
@@ -542,8 +543,8 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         export_dir = ctx.run.stage_dir("export")
         artifacts = json.loads((export_dir / "artifacts.json").read_text())["artifacts"]
         _verify_artifact_hashes(export_dir, artifacts)
-        rows = []
-        queue: list[tuple[dict[str, Any], Any]] = []  # host latency of every model, timed together below
+        rows: list[ResultRow] = []
+        queue: list[tuple[ResultRow, Any]] = []  # host latency of every model, timed together below
         # Reference rows: the PyTorch teacher and student, measured on the host the same way.
         student_pt = ctx.run.stage_dir("distill") / "student.pt"
         teacher_src, teacher_model = _teacher_for_measure(ctx, m.threads)
@@ -555,46 +556,43 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
                 continue
             fmt = "onnx" if src.suffix.lower() == ".onnx" else "pytorch"
             fields, embedder = host_accuracy(model, vals, threads=m.threads, flip=m.flip, name=role)
-            row = {
-                "name": f"{role}-{fmt}-fp32",
-                "format": fmt,
-                "precision": "fp32",
-                "target": "host",
-                "role": role,
-                "stage": "teacher" if role == "teacher" else "distill",
-                "path": str(src),
-                "size_bytes": src.stat().st_size,
-                "sha256": sha256_file(src),
-                **fields,
-            }
+            row = ResultRow.from_dict(
+                {
+                    "name": f"{role}-{fmt}-fp32",
+                    "format": fmt,
+                    "precision": "fp32",
+                    "target": "host",
+                    "role": role,
+                    "stage": "teacher" if role == "teacher" else "distill",
+                    "path": str(src),
+                    "size_bytes": src.stat().st_size,
+                    "sha256": sha256_file(src),
+                    **fields,
+                }
+            )
             rows.append(row)
             queue.append((row, embedder))
-            ctx.log(f"[measure] {row['name']}: {accuracy_line(row)}")
+            ctx.log(f"[measure] {row.name}: {accuracy_line(row)}")
         if qat_enabled(ctx):
             rows += _fake_quant_rows(ctx, vals)
-        rows += [
-            {"role": "artifact", **r}
-            for r in measure_rows(
-                artifacts,
-                export_dir,
-                vals,
-                target=ctx.target,
-                threads=m.threads,
-                warmup=m.warmup,
-                runs=m.runs,
-                latency_queue=queue,
-                flip=m.flip,
-                progress=ctx.progress,
-                device=device,
-                connect=(lambda: open_runner(device, ctx.connection, work / "device_logs"))
-                if device_reachable(device, ctx.connection)
-                else None,
-                estimate_graphs=graphs,
-                log=ctx.log,
-            )
-        ]
-        for row, _ in queue:  # the artifact rows in the queue are the same dicts, now with their role
-            row.setdefault("role", "artifact")
+        rows += measure_rows(
+            artifacts,
+            export_dir,
+            vals,
+            target=ctx.target,
+            threads=m.threads,
+            warmup=m.warmup,
+            runs=m.runs,
+            latency_queue=queue,
+            flip=m.flip,
+            progress=ctx.progress,
+            device=device,
+            connect=(lambda: open_runner(device, ctx.connection, work / "device_logs"))
+            if device_reachable(device, ctx.connection)
+            else None,
+            estimate_graphs=graphs,
+            log=ctx.log,
+        )
         estimator = _estimator_queue(ctx, graphs)
         ctx.log(
             f"[measure] latency on {HOST_LABEL}: {len(queue) + len(estimator)} models in {m.rounds} "
@@ -602,15 +600,16 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         )
         add_host_latency(queue + estimator, warmup=m.warmup, runs=m.runs, rounds=m.rounds)
         for row, _ in queue:
-            lat = row["latency_ms"]
-            flag = "" if row["latency_conditions"]["trustworthy"] else " (noisy: see the report)"
-            ctx.log(f"[measure] {row['name']}: p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms{flag}")
+            lat = row.latency_ms
+            flag = "" if row.trustworthy_latency else " (noisy: see the report)"
+            ctx.log(f"[measure] {row.name}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms{flag}")
         results = {
             "target": ctx.target,
             "device": {"name": device.name, "connected": device_reachable(device, ctx.connection)},
             "val_sets": _val_sets(ctx, vals),
             "floors": _floors(ctx, vals, rows),
-            "rows": rows,
+            "schema": RESULTS_SCHEMA,
+            "rows": [r.to_dict() for r in rows],
             "estimator_error_on_host": _estimator_error(ctx, graphs, estimator),
         }
         write_json(work / "results.json", results)
@@ -626,7 +625,7 @@ def _val_sets(ctx: Context, vals: list[Any]) -> dict[str, Any]:
     return info.get("val_sets") or {vs.name: {"pairs": int(len(vs.issame)), "sha256": None} for vs in vals}
 
 
-def _floors(ctx: Context, vals: list[Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _floors(ctx: Context, vals: list[Any], rows: list[Any]) -> dict[str, Any]:
     """Per verification set: raw pixels by cosine (the floor) and the teacher (the ceiling to approach)."""
     info = json.loads((ctx.run.stage_dir("data") / "data.json").read_text())
     pixels = info.get("pixel_floor")
@@ -634,9 +633,9 @@ def _floors(ctx: Context, vals: list[Any], rows: list[dict[str, Any]]) -> dict[s
         from distill.evaluation import pixel_floor
 
         pixels = pixel_floor(vals)
-    teacher = next((r for r in rows if r.get("role") == "teacher"), {})
+    teacher = next((r for r in rows if r.role == "teacher"), None)
     return {
-        name: {"pixels": f, "teacher": ((teacher.get("sets") or {}).get(name) or {}).get("accuracy")}
+        name: {"pixels": f, "teacher": teacher.set_metrics(name).get("accuracy") if teacher else None}
         for name, f in pixels.items()
     }
 
@@ -664,19 +663,23 @@ def _estimate_graphs(ctx: Context, work: Path) -> dict[str, Path]:
     return graphs
 
 
-def _estimator_queue(ctx: Context, graphs: dict[str, Path]) -> list[tuple[dict[str, Any], Any]]:
-    """fp32 ONNX of teacher and student, timed beside the rows for the estimator (no row of their own)."""
+def _estimator_queue(ctx: Context, graphs: dict[str, Path]) -> list[tuple[Any, Any]]:
+    """fp32 ONNX of teacher and student, timed beside the rows for the estimator (rows not written)."""
     from deploy.runtimes import load_embedder
+    from devices.rows import ResultRow
 
     return [
-        ({"model": model}, load_embedder(graphs[model], num_threads=ctx.cfg.measure.threads))
+        (
+            ResultRow(name=f"{model}-estimator-onnx", target="host", stage=model),
+            load_embedder(graphs[model], num_threads=ctx.cfg.measure.threads),
+        )
         for model in ("teacher", "distill")
         if model in graphs
     ]
 
 
 def _estimator_error(
-    ctx: Context, graphs: dict[str, Path], timed: list[tuple[dict[str, Any], Any]]
+    ctx: Context, graphs: dict[str, Path], timed: list[tuple[Any, Any]]
 ) -> list[dict[str, Any]]:
     """Roofline estimate against onnxruntime latency on this host, for the teacher and the student.
 
@@ -692,8 +695,8 @@ def _estimator_error(
         return [{"error": f"host figures unavailable: {exc}"}]
     out = []
     for entry, _ in timed:
-        model = entry["model"]
-        p50 = entry["latency_ms"]["p50"]
+        model = entry.stage
+        p50 = entry.latency_ms.p50
         err = estimator_error_on_host(graphs[model], p50, host, threads=ctx.cfg.measure.threads)
         graph = Path(str(err.get("onnx", graphs[model])))
         if graph.parent.name == ".measure.work":  # the work folder becomes measure/ when the stage ends
@@ -702,20 +705,21 @@ def _estimator_error(
             {
                 "model": "student" if model == "distill" else model,
                 "runtime": "onnxruntime",
-                "latency_conditions": entry["latency_conditions"],
+                "latency_conditions": entry.latency_conditions,
                 **err,
             }
         )
     return out
 
 
-def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[dict[str, Any]]:
+def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
     """Accuracy of the PTQ baseline and the QAT model as fake-quant PyTorch models (what QAT bought).
 
     Their latency is not reported: fake quantization runs in float and says nothing about INT8 speed.
     """
     from deploy.runtimes import load_embedder
     from devices.accuracy import HOST_LABEL, accuracy_fields
+    from devices.rows import ResultRow
     from pipeline.runfolder import sha256_file
 
     rows = []
@@ -723,21 +727,23 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[dict[str, Any]]:
         path = ctx.run.stage_dir("qat") / f"{stage}.pt"
         embedder = load_embedder(path, num_threads=ctx.cfg.measure.threads, name=stage)
         rows.append(
-            {
-                "name": f"student-{stage}-pytorch-int8",
-                "format": "pytorch",
-                "precision": "int8",
-                "target": "host",
-                "role": f"student-{stage}",
-                "stage": stage,
-                "path": str(path),
-                "size_bytes": path.stat().st_size,
-                "sha256": sha256_file(path),
-                **accuracy_fields(embedder, vals, ctx.cfg.measure.flip),
-                "latency_ms": None,
-                "latency_note": "fake-quant PyTorch model (float arithmetic): accuracy only",
-                "measured_on": HOST_LABEL,
-            }
+            ResultRow.from_dict(
+                {
+                    "name": f"student-{stage}-pytorch-int8",
+                    "format": "pytorch",
+                    "precision": "int8",
+                    "target": "host",
+                    "role": f"student-{stage}",
+                    "stage": stage,
+                    "path": str(path),
+                    "size_bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                    **accuracy_fields(embedder, vals, ctx.cfg.measure.flip),
+                    "latency_ms": None,
+                    "latency_note": "fake-quant PyTorch model (float arithmetic): accuracy only",
+                    "measured_on": HOST_LABEL,
+                }
+            )
         )
     return rows
 

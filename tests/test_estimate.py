@@ -187,20 +187,27 @@ def test_estimator_error_on_host_is_relative_to_the_measurement(tmp_path):
 def test_estimate_row_has_no_latency_and_a_labelled_estimate(tmp_path):
     device = make_device(tmp_path)
     path = tiny_net(tmp_path / "t.onnx")
-    host_row = {
-        "name": "student-onnx-fp32",
-        "precision": "fp32",
-        "accuracy": 0.9,
-        "latency_ms": {"p50": 1.0},
-        "latency_settings": {"runs": 5},
-        "measured_on": "host-cpu",
-    }
-    row = estimate_row(host_row, device, path)
-    assert row["latency_ms"] is None and "latency_settings" not in row
+    from devices.rows import ResultRow
+
+    host_row = ResultRow.from_dict(
+        {
+            "name": "student-onnx-fp32",
+            "target": "host",
+            "precision": "fp32",
+            "accuracy": 0.9,
+            "latency_ms": {"p50": 1.0},
+            "latency_settings": {"runs": 5},
+            "measured_on": "host-cpu",
+            "host": "x86_64",
+        }
+    )
+    row = estimate_row(host_row, device, path).to_dict()
+    assert row["latency_ms"] is None and row["latency_settings"] is None
     assert row["latency_estimate_ms"] == pytest.approx(round((14.080 + 2.048 + 1.040 + 0.064 + 4) / 1000, 4))
     assert row["latency_estimate"]["label"] == "estimated"
     assert row["measured_on"] == "host-cpu" and row["target"] == "testdev" and row["accuracy"] == 0.9
-    assert "estimate" in row["latency_note"] and host_row["latency_ms"] == {"p50": 1.0}
+    assert "estimate" in row["latency_note"] and host_row.latency_ms.p50 == 1.0  # the host row is untouched
+    assert row["host"] == "x86_64"  # what only some producers carry travels along
 
 
 def test_catalogue_devices_estimate_and_host_figures(tmp_path, monkeypatch):

@@ -115,6 +115,7 @@ def test_latency_conditions_flag_spread_and_a_busy_machine():
 
 
 def test_noisy_latency_is_marked_in_the_report_and_not_made_a_reference():
+    from devices.rows import ResultRow
     from pipeline.baseline import make_baseline
     from pipeline.report import latency_text, notes
 
@@ -122,8 +123,9 @@ def test_noisy_latency_is_marked_in_the_report_and_not_made_a_reference():
     row = {"name": "s", "target": "host", "measured_on": "host-cpu", "accuracy": 0.9,
            "latency_ms": {"p50": 10.0, "p90": 30.0, "p99": 40.0},
            "latency_conditions": {"trustworthy": False, "reasons": why}}  # fmt: skip
-    assert latency_text(row).endswith("(noisy)")
-    assert any("latency noisy, do not compare it: p90 is 200 %" in n for n in notes([row]))
+    typed = ResultRow.from_dict(row)
+    assert latency_text(typed).endswith("(noisy)")
+    assert any("latency noisy, do not compare it: p90 is 200 %" in n for n in notes([typed]))
     base = make_baseline({"target": "host", "rows": [row]})["rows"][0]
     assert "latency" not in base and any("too noisy when measured" in n for n in base["notes"])
 
@@ -156,7 +158,7 @@ def test_interleaved_rounds_order_and_counts():
     out = interleaved_latency(
         [vm.model("a", 1), vm.model("b", 2)], warmup=2, runs=6, rounds=3, clock_ns=vm.clock
     )
-    # warm-up 2 each, then per round: one untimed call + ceil(6 / 3) = 2 timed, order rotated each round
+    # warm-up 2 each, then per round: one untimed call + 6 / 3 = 2 timed, order rotated each round
     assert "".join(vm.trace) == "aabb" + "aaa" + "bbb" + "bbb" + "aaa" + "aaa" + "bbb"
     assert [o.stats.runs for o in out] == [6, 6] and [o.rounds for o in out] == [3, 3]
     assert out[0].round_p50 == [1.0, 1.0, 1.0] and out[1].stats.p50 == pytest.approx(2.0)
@@ -182,3 +184,11 @@ def test_a_load_burst_hits_every_interleaved_model_alike():
     seq_a = measure_latency(lambda: vm.model("a", 1.0).run_once(None), warmup=10, runs=100, clock_ns=vm.clock)
     seq_b = measure_latency(lambda: vm.model("b", 2.0).run_once(None), warmup=10, runs=100, clock_ns=vm.clock)
     assert seq_b.p50 / seq_a.p50 == pytest.approx(6.0)  # b's row ate the burst: 2x slower looks like 6x
+
+
+def test_interleaved_rounds_time_exactly_the_runs_asked_for():
+    from devices.latency import interleaved_latency
+
+    vm = VirtualMachine(busy_calls=range(0))
+    (one,) = interleaved_latency([vm.model("a", 1)], warmup=0, runs=7, rounds=5, clock_ns=vm.clock)
+    assert one.stats.runs == 7 and len(vm.trace) == 7 + 5  # 2+2+1+1+1 timed, one untimed call per round

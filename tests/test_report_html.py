@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from devices.rows import rows_from
 from pipeline.html_report import render_html, write_reports
 from pipeline.plots import loss_terms, pareto_front
 from pipeline.report import accuracy_delta, fp32_reference, render_markdown
@@ -70,7 +71,7 @@ def crafted_results():
                 acc=0.895,
                 lat=None,
                 stage="qat",
-                latency_estimate_ms={"p50": 6.5},
+                latency_estimate_ms=6.5,
                 latency_note="not measured on device: no android device connected",
             ),
         ],
@@ -106,7 +107,7 @@ def manifest():
 
 # ----------------------------------------------------------------------------------------- derived values
 def test_delta_is_against_the_fp32_row_of_the_same_stage():
-    rows = crafted_results()["rows"]
+    rows = rows_from(crafted_results())
     # ptq int8 (no ptq fp32 row) -> distilled PyTorch fp32: 0.885 - 0.900
     assert accuracy_delta(rows[3], rows) == pytest.approx(-0.015)
     # qat int8 -> the qat fp32 row: 0.895 - 0.905

@@ -411,3 +411,58 @@ def test_count_float_ops_and_compact_on_a_float_model(tmp_path) -> None:
     bad.write_bytes(b"not a flatbuffer")
     with pytest.raises(InputError):
         count_float_ops(bad)
+
+
+# ------------------------------------------------------------------- the two places we reach inside a library
+def test_litert_still_has_the_private_ops_details_we_count_delegates_with() -> None:
+    """``xnnpack_partitions`` reads ``Interpreter._get_ops_details``; a LiteRT without it must fail here."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    assert callable(getattr(Interpreter, "_get_ops_details", None)), "LiteRT removed _get_ops_details"
+
+
+@pytest.mark.slow
+def test_pack_model_matches_flatbuffers_own_writer_and_shares_equal_vectors(tmp_path) -> None:
+    """``pack_model`` overrides ``flatbuffers.Builder.CreateNumpyVector`` and writes its ``head``/``Bytes``/
+    ``vectorNumElems``: the file it writes must load and run exactly like flatbuffers' own output, and two
+    equal weight vectors must be stored once. A flatbuffers release changing those internals fails here."""
+    import flatbuffers
+    import litert_torch
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from deploy.tflite_int8 import pack_model
+
+    torch.manual_seed(0)
+    twin = nn.Conv2d(4, 4, 1, bias=False)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), twin, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    path = tmp_path / "m.tflite"
+    litert_torch.convert(net.eval(), (torch.randn(1, 3, 8, 8),)).export(str(path))
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    stock = flatbuffers.Builder(1024)
+    stock.Finish(model.Pack(stock), file_identifier=b"TFL3")
+    ours = tmp_path / "ours.tflite"
+    theirs = tmp_path / "theirs.tflite"
+    ours.write_bytes(pack_model(model))
+    theirs.write_bytes(bytes(stock.Output()))
+    x = np.random.default_rng(1).normal(size=(1, 3, 8, 8)).astype(np.float32)
+    outputs = []
+    for p in (ours, theirs):
+        it = _interpreter(p)
+        it.set_tensor(it.get_input_details()[0]["index"], x)
+        it.invoke()
+        outputs.append(it.get_tensor(it.get_output_details()[0]["index"]))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    # a buffer duplicated on purpose is written once by ours, twice by the stock writer
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    biggest = max(
+        range(len(model.buffers)),
+        key=lambda i: 0 if model.buffers[i].data is None else model.buffers[i].data.size,
+    )
+    extra = type(model.buffers[biggest])()
+    extra.data = model.buffers[biggest].data.copy()
+    model.buffers.append(extra)
+    size = model.buffers[biggest].data.size
+    stock = flatbuffers.Builder(1024)
+    stock.Finish(model.Pack(stock), file_identifier=b"TFL3")
+    saved = len(bytes(stock.Output())) - len(pack_model(model))
+    assert size - 64 <= saved  # the copy is not stored (ours pads byte vectors to 16: some bytes of slack)
