@@ -144,8 +144,9 @@ def interleaved_latency(
     """Latency of several models measured in turns, so a change in the machine's load hits them all alike.
 
     Each model is warmed up ``warmup`` times, then ``rounds`` rounds run; in each round every model gets
-    its share of the ``runs`` timed calls (they differ by one at most) after one untimed call (its caches were just used by another
-    model), in an order rotated by one each round so none always follows the same neighbour. The pooled
+    its share of the ``runs`` timed calls (shares differ by one at most) after one untimed call (its
+    caches were just used by another model), in an order rotated by one each round so none always
+    follows the same neighbour. The pooled
     samples give the percentiles; ``round_p50`` shows how far the rounds drifted.
     """
     if runs < 1 or rounds < 1:
