@@ -9,7 +9,7 @@ the engine's ``checkpoints/last.pt`` carries the QAT state (model incl. quantize
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from distill.data.verification_bin import VerificationSet
 from distill.engine.distributed import current_dist
 from distill.engine.train import TeacherTargets, TrainJob, train
 from distill.errors import InputError
-from distill.evaluation import evaluate_sets, summary_metrics, torch_embed_fn
+from distill.evaluation import evaluate_sets, summary_metrics, torch_embed_fn, verification_fields
 from distill.losses import LossDims, build_losses
 from distill.models.checkpoint import load_model
 
@@ -36,6 +36,7 @@ class QatOutcome:
     ptq_path: Path
     qat_path: Path
     metrics: dict[str, Any]  # per model ("fp32", "ptq", "qat"): verification metrics
+    evaluation: dict[str, Any] = field(default_factory=dict)  # per model: a results row's verification fields
 
 
 def quantization_aware_distill(
@@ -133,11 +134,14 @@ def quantization_aware_distill(
     if current_dist().is_main:
         save_quantized(qat_path, qmodel, arch=arch, arch_kwargs=arch_kwargs, extra=extra)
     metrics: dict[str, Any] = {"steps": summary.steps, "images_per_second": summary.images_per_second}
+    evaluation: dict[str, Any] = {}
     if val_sets and current_dist().is_main:
         ptq, _ = load_quantized(ptq_path)
         for name, model in (("fp32", fp32), ("ptq", ptq), ("qat", qmodel)):
-            metrics[name] = evaluate(model.eval())
-    return QatOutcome(ptq_path=ptq_path, qat_path=qat_path, metrics=metrics)
+            results = evaluate_sets(torch_embed_fn(model.eval()), val_sets, flip=flip_eval)
+            metrics[name] = summary_metrics(results)
+            evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
+    return QatOutcome(ptq_path=ptq_path, qat_path=qat_path, metrics=metrics, evaluation=evaluation)
 
 
 def restore_loss_state(terms: torch.nn.ModuleDict, state: dict[str, torch.Tensor]) -> list[str]:

@@ -105,10 +105,16 @@ class OnnxEmbedder:
 
     format: Format = "onnx"
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_threads: int | None = None,
+        name: str | None = None,
+        model_bytes: bytes | None = None,
+    ):
         import onnxruntime as ort
 
-        self.path = Path(path)
+        self.path = Path(path)  # with ``model_bytes``: the file these bytes were derived from
         self.name = name or self.path.name
         self.num_threads = resolve_threads(num_threads)
         opts = ort.SessionOptions()
@@ -118,7 +124,8 @@ class OnnxEmbedder:
         available = ort.get_available_providers()
         self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
-            self._session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self.providers)
+            source = model_bytes if model_bytes is not None else str(self.path)
+            self._session = ort.InferenceSession(source, sess_options=opts, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own pybind error types
             raise InputError(f"{self.path}: not a loadable ONNX model ({_first_line(exc)})") from exc
         inp = self._session.get_inputs()[0]
@@ -164,11 +171,21 @@ def dequantize_output(q: np.ndarray, scale: float, zero_point: int) -> np.ndarra
 
 
 class TfliteEmbedder:
-    """LiteRT interpreter (XNNPACK by default); quantizes/dequantizes int8 or uint8 model I/O itself."""
+    """LiteRT interpreter (XNNPACK by default); quantizes/dequantizes int8 or uint8 model I/O itself.
+
+    ``batch`` resizes the input's batch axis in the interpreter (``resize_tensor_input``): the same file,
+    run many images per call, for evaluation (see :func:`evaluation_twin`).
+    """
 
     format: Format = "tflite"
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, name: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_threads: int | None = None,
+        name: str | None = None,
+        batch: int | None = None,
+    ):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
@@ -176,6 +193,9 @@ class TfliteEmbedder:
         self.num_threads = resolve_threads(num_threads)
         try:
             self._interpreter = Interpreter(model_path=str(self.path), num_threads=self.num_threads)
+            if batch is not None:
+                detail = self._interpreter.get_input_details()[0]
+                self._interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
             self._interpreter.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError with multi-line text
             raise InputError(f"{self.path}: not a loadable TFLite model ({_first_line(exc)})") from exc
@@ -287,6 +307,85 @@ def _torch_threads(n: int) -> Iterator[None]:
     finally:
         if old != n:
             torch.set_num_threads(old)
+
+
+EVAL_TWIN_BATCH = 32  # images per call of an evaluation twin (the verification protocol's batch)
+EVAL_TWIN_SAMPLE = 16  # images the twin must reproduce before it is trusted
+
+
+def onnx_with_batch_axis(path: str | os.PathLike) -> bytes:
+    """The ONNX at ``path`` with a symbolic batch axis: graph input/output dim 0 named ``batch``, and every
+    Reshape whose constant target shape starts with the file's fixed batch told to copy that axis (0)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    fixed = graph.input[0].type.tensor_type.shape.dim[0].dim_value or 1
+    for value in (graph.input[0], graph.output[0]):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = "batch"
+    consts = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    for node in graph.node:
+        if node.op_type != "Reshape" or len(node.input) < 2:
+            continue
+        shape_name = node.input[1]
+        if shape_name in inits:
+            shape = numpy_helper.to_array(inits[shape_name]).copy()
+            if shape.size and shape[0] == fixed:
+                shape[0] = 0
+                inits[shape_name].CopyFrom(numpy_helper.from_array(shape, shape_name))
+        elif shape_name in consts:
+            attr = next((a for a in consts[shape_name].attribute if a.name == "value"), None)
+            if attr is not None:
+                shape = numpy_helper.to_array(attr.t).copy()
+                if shape.size and shape[0] == fixed:
+                    shape[0] = 0
+                    attr.t.CopyFrom(numpy_helper.from_array(shape, attr.t.name))
+    return model.SerializeToString()
+
+
+def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, str]:
+    """An embedder that runs the same file ``EVAL_TWIN_BATCH`` images per call, or the embedder itself.
+
+    The shipped files have batch 1 (what phones and TensorRT engines want), so evaluating one costs one
+    runtime call per image. The twin is the same graph with a batch axis (ONNX: :func:`onnx_with_batch_axis`;
+    LiteRT: the interpreter's input resized); it is used only when it reproduces the file fed one image
+    per call on ``sample`` (float32 NCHW): exactly for integer models, to float rounding (1e-5 relative)
+    for float ones. Returns (embedder to evaluate with, how its accuracy was computed).
+    """
+    if embedder.batch_size != 1 or embedder.format not in ("onnx", "tflite"):
+        return embedder, "the file itself"
+    try:
+        if embedder.format == "onnx":
+            twin: Embedder = OnnxEmbedder(
+                embedder.path,  # type: ignore[attr-defined]
+                embedder.num_threads,
+                embedder.name,
+                model_bytes=onnx_with_batch_axis(embedder.path),  # type: ignore[attr-defined]
+            )
+        else:
+            twin = TfliteEmbedder(
+                embedder.path,  # type: ignore[attr-defined]
+                embedder.num_threads,
+                embedder.name,
+                batch=EVAL_TWIN_BATCH,
+            )
+            twin.batch_size = EVAL_TWIN_BATCH
+        reference = embedder.embed(sample)
+        got = twin.embed(sample)
+    except Exception as exc:  # a graph whose batch axis cannot be freed: evaluate the file as it is
+        return embedder, f"the file itself, one image per call (no batched copy: {_first_line(exc)})"
+    scale = float(np.abs(reference).max()) or 1.0
+    diff = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
+    if diff > 1e-5 * scale:
+        return embedder, f"the file itself, one image per call (a batched copy differed by {diff:.2e})"
+    return twin, (
+        f"a batch-{EVAL_TWIN_BATCH} copy of the file, equal to it on {sample.shape[0]} images "
+        f"(max |diff| {diff:.1e})"
+    )
 
 
 def load_embedder(

@@ -13,7 +13,7 @@ import numpy as np
 
 from deploy.runtimes import Embedder
 from distill.data.verification_bin import VerificationSet
-from distill.evaluation import evaluate_sets
+from distill.evaluation import evaluate_sets, verification_fields
 
 HOST_LABEL = "host-cpu"
 
@@ -28,32 +28,4 @@ def accuracy_fields(embedder: Embedder, sets: list[VerificationSet], flip: bool)
     def embed(x: Any) -> np.ndarray:
         return embedder.embed(x.numpy())
 
-    per_set = {}
-    for name, r in evaluate_sets(embed, sets, flip=flip).items():
-        per_set[name] = {
-            "cosine": dict(r.cosine),
-            "accuracy": r.accuracy,
-            "accuracy_std": r.accuracy_std,
-            "tar_at_far": r.tar_at_far,
-            "tar_not_computable": r.tar_not_computable,
-            "roc_auc": r.roc_auc,
-            "eer": r.eer,
-            "pairs": r.num_pairs,
-            "roc": {"fpr": _thin(r.roc[0]), "tpr": _thin(r.roc[1])},
-        }
-    head = per_set[sets[0].name]
-    return {
-        "val_set": sets[0].name,
-        "accuracy": head["accuracy"],
-        "accuracy_std": head["accuracy_std"],
-        "tar_at_far": head["tar_at_far"],
-        "sets": per_set,
-    }
-
-
-def _thin(values: Any, max_points: int = 200) -> list[float]:
-    """Keep ROC curves plot-sized in results.json."""
-    v = np.asarray(values, dtype=float)
-    if v.size > max_points:
-        v = v[np.linspace(0, v.size - 1, max_points).round().astype(int)]
-    return [round(float(x), 6) for x in v]
+    return verification_fields(evaluate_sets(embed, sets, flip=flip))

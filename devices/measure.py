@@ -12,12 +12,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
-from deploy.runtimes import load_embedder
+from deploy.runtimes import EVAL_TWIN_SAMPLE, evaluation_twin, load_embedder
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
 from devices.latency import interleaved_latency, latency_conditions, load_snapshot
 from devices.rows import LatencySummary, ResultRow
+from distill.data.transforms import to_model_input
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
 
@@ -41,7 +44,10 @@ def host_accuracy(
     """
     is_embedder = hasattr(source, "run_once") and hasattr(source, "latency_input")
     embedder = source if is_embedder else load_embedder(source, num_threads=threads, name=name)
-    row = accuracy_fields(embedder, sets, flip)
+    sample = to_model_input(torch.from_numpy(np.ascontiguousarray(sets[0].images[:EVAL_TWIN_SAMPLE]))).numpy()
+    evaluator, how = evaluation_twin(embedder, sample)  # batch-1 files: a batched copy proven equal
+    row = accuracy_fields(evaluator, sets, flip)
+    row["accuracy_via"] = how
     row["measured_on"] = HOST_LABEL
     row["host"] = host_description()  # kept in the row's details
     return row, embedder

@@ -47,6 +47,44 @@ def evaluate_sets(
     return results
 
 
+def verification_fields(results: dict[str, VerificationResult]) -> dict[str, Any]:
+    """The verification fields of a results row (the first set is the headline, all sets are kept).
+
+    Stages that evaluate a model anyway (QAT's PTQ and QAT models) save these, so the measure stage
+    reads them instead of computing the same numbers twice.
+    """
+    per_set = {}
+    for name, r in results.items():
+        per_set[name] = {
+            "cosine": dict(r.cosine),
+            "accuracy": r.accuracy,
+            "accuracy_std": r.accuracy_std,
+            "tar_at_far": r.tar_at_far,
+            "tar_not_computable": r.tar_not_computable,
+            "roc_auc": r.roc_auc,
+            "eer": r.eer,
+            "pairs": r.num_pairs,
+            "roc": {"fpr": _thin(r.roc[0]), "tpr": _thin(r.roc[1])},
+        }
+    head_name = next(iter(results))
+    head = per_set[head_name]
+    return {
+        "val_set": head_name,
+        "accuracy": head["accuracy"],
+        "accuracy_std": head["accuracy_std"],
+        "tar_at_far": head["tar_at_far"],
+        "sets": per_set,
+    }
+
+
+def _thin(values: Any, max_points: int = 200) -> list[float]:
+    """Keep ROC curves plot-sized in results.json."""
+    v = np.asarray(values, dtype=float)
+    if v.size > max_points:
+        v = v[np.linspace(0, v.size - 1, max_points).round().astype(int)]
+    return [round(float(x), 6) for x in v]
+
+
 def summary_metrics(results: dict[str, VerificationResult]) -> dict[str, Any]:
     """Flat numbers for logs and TensorBoard: ``<set>/accuracy`` etc."""
     out: dict[str, Any] = {}

@@ -375,7 +375,8 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         calibration = {"images": q.calibration_images, "seed": q.train.seed}
         metrics = {"enabled": True, "calibration": calibration, **outcome.metrics}
         write_json(work / "qat.json", metrics)
-        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json"], metrics)
+        write_json(work / "evaluation.json", {"flip": ctx.cfg.measure.flip, "models": outcome.evaluation})
+        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json", "evaluation.json"], metrics)
 
     return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
@@ -722,10 +723,15 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
     from devices.rows import ResultRow
     from pipeline.runfolder import sha256_file
 
+    saved = _qat_evaluation(ctx)
     rows = []
     for stage in ("ptq", "qat"):
         path = ctx.run.stage_dir("qat") / f"{stage}.pt"
-        embedder = load_embedder(path, num_threads=ctx.cfg.measure.threads, name=stage)
+        if stage in saved:  # the QAT stage evaluated this very file the same way: not computed twice
+            fields = saved[stage]
+        else:
+            embedder = load_embedder(path, num_threads=ctx.cfg.measure.threads, name=stage)
+            fields = accuracy_fields(embedder, vals, ctx.cfg.measure.flip)
         rows.append(
             ResultRow.from_dict(
                 {
@@ -738,7 +744,7 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
                     "path": str(path),
                     "size_bytes": path.stat().st_size,
                     "sha256": sha256_file(path),
-                    **accuracy_fields(embedder, vals, ctx.cfg.measure.flip),
+                    **fields,
                     "latency_ms": None,
                     "latency_note": "fake-quant PyTorch model (float arithmetic): accuracy only",
                     "measured_on": HOST_LABEL,
@@ -746,6 +752,15 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
             )
         )
     return rows
+
+
+def _qat_evaluation(ctx: Context) -> dict[str, Any]:
+    """The verification fields QAT computed for its models (empty for a run folder from before)."""
+    path = ctx.run.stage_dir("qat") / "evaluation.json"
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return (saved.get("models") or {}) if saved.get("flip") == ctx.cfg.measure.flip else {}
 
 
 def _teacher_source(ctx: Context) -> tuple[str, Path]:

@@ -221,3 +221,58 @@ def test_nhwc_onnx_embeds_nchw_input_like_the_model(net, tmp_path):
         want = net.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(e.embed(x), want, rtol=1e-4, atol=1e-4)
     assert e.latency_input(1).shape == (1, 112, 112, 3)  # timed in the file's own layout
+
+
+# ------------------------------------------------------------------------------ batched evaluation twins
+def test_onnx_batch1_file_gets_a_batched_twin_that_reproduces_it(net, onnx_paths):
+    from deploy.runtimes import EVAL_TWIN_BATCH, evaluation_twin, onnx_with_batch_axis
+
+    emb = OnnxEmbedder(onnx_paths["b1"], num_threads=1)
+    twin, how = evaluation_twin(emb, images(16, seed=5))
+    assert twin is not emb and twin.batch_size is None and f"batch-{EVAL_TWIN_BATCH} copy" in how
+    x = images(70, seed=6)  # other images than the sample, more than one batch
+    np.testing.assert_allclose(twin.embed(x), emb.embed(x), rtol=1e-5, atol=1e-6)
+    # the shipped file is untouched; the copy's batch axis is symbolic
+    sess = ort.InferenceSession(onnx_with_batch_axis(onnx_paths["b1"]), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].shape[0] == "batch" and ort.InferenceSession(
+        str(onnx_paths["b1"]), providers=["CPUExecutionProvider"]
+    ).get_inputs()[0].shape == [1, 3, 112, 112]
+    assert evaluation_twin(OnnxEmbedder(onnx_paths["dyn"]), images(4))[1] == "the file itself"
+
+
+def test_a_twin_that_does_not_reproduce_the_file_is_not_used(tmp_path):
+    """A graph that mixes images across the batch axis (a mean over it) equals the file at batch 1 only."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from deploy.runtimes import evaluation_twin
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("ReduceMean", ["m"], ["b"], axes=[0], keepdims=1),  # across the batch
+        helper.make_node("Sub", ["m", "b"], ["d"]),
+        helper.make_node("Add", ["d", "m"], ["y"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    path = tmp_path / "mixes.onnx"
+    onnx.save(model, str(path))
+    emb = OnnxEmbedder(path)
+    twin, how = evaluation_twin(emb, images(16, seed=7))
+    assert twin is emb and "differed by" in how
+
+
+@pytest.mark.slow
+def test_tflite_batch1_file_gets_a_resized_interpreter_twin(net, tmp_path):
+    from deploy.runtimes import EVAL_TWIN_BATCH, evaluation_twin
+    from deploy.tflite_export import export_tflite_fp32
+
+    path = export_tflite_fp32(net, tmp_path / "b1.tflite")
+    emb = TfliteEmbedder(path, num_threads=1)
+    twin, how = evaluation_twin(emb, images(16, seed=8))
+    assert twin is not emb and twin.batch_size == EVAL_TWIN_BATCH, how
+    x = images(40, seed=9)
+    np.testing.assert_allclose(twin.embed(x), emb.embed(x), rtol=1e-5, atol=1e-6)
