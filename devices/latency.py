@@ -129,7 +129,7 @@ class InterleavedLatency:
 
     stats: LatencyStats
     round_p50: list[float]
-    rounds: int
+    rounds: int  # the rounds that ran (fewer than asked when the time budget ran out)
 
 
 def interleaved_latency(
@@ -139,6 +139,7 @@ def interleaved_latency(
     runs: int = 100,
     rounds: int = 5,
     batch_size: int | None = 1,
+    budget_s: float | None = None,
     clock_ns: Callable[[], int] = time.perf_counter_ns,
 ) -> list[InterleavedLatency]:
     """Latency of several models measured in turns, so a change in the machine's load hits them all alike.
@@ -147,7 +148,9 @@ def interleaved_latency(
     its share of the ``runs`` timed calls (shares differ by one at most) after one untimed call (its
     caches were just used by another model), in an order rotated by one each round so none always
     follows the same neighbour. The pooled
-    samples give the percentiles; ``round_p50`` shows how far the rounds drifted.
+    samples give the percentiles; ``round_p50`` shows how far the rounds drifted. With ``budget_s`` no
+    new round starts once the timed rounds have taken that long (at least one round runs): the result
+    says how many rounds and runs fit.
     """
     if runs < 1 or rounds < 1:
         raise ValueError(f"runs and rounds must be >= 1, got {runs} and {rounds}")
@@ -162,7 +165,10 @@ def interleaved_latency(
             call()
     samples: list[list[np.ndarray]] = [[] for _ in subjects]
     order = list(range(len(subjects)))
+    started = clock_ns()
     for r in range(rounds):
+        if r and budget_s is not None and (clock_ns() - started) / 1e9 >= budget_s:
+            break
         turn = order[r % len(order) :] + order[: r % len(order)] if order else []
         for i in turn:
             calls[i]()
@@ -172,7 +178,7 @@ def interleaved_latency(
         stats = stats_from_samples(
             np.concatenate(per), warmup=warmup, threads=e.num_threads, batch_size=int(x.shape[0])
         )
-        out.append(InterleavedLatency(stats, [float(np.median(s)) for s in per], rounds))
+        out.append(InterleavedLatency(stats, [float(np.median(s)) for s in per], len(per)))
     return out
 
 

@@ -53,7 +53,9 @@ def host_accuracy(
     return row, embedder
 
 
-def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int) -> None:
+def add_host_latency(
+    queue: LatencyQueue, *, warmup: int, runs: int, rounds: int, budget_s: float | None = None
+) -> None:
     """Time every queued model in the same interleaved rounds and write each row's latency fields.
 
     Models compared with each other share the machine's moments: a burst of load lands in every
@@ -63,7 +65,9 @@ def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int
     if not queue:
         return
     before = load_snapshot()
-    timed = interleaved_latency([e for _, e in queue], warmup=warmup, runs=runs, rounds=rounds, batch_size=1)
+    timed = interleaved_latency(
+        [e for _, e in queue], warmup=warmup, runs=runs, rounds=rounds, batch_size=1, budget_s=budget_s
+    )
     after = load_snapshot()
     for (row, _), t in zip(queue, timed, strict=True):
         row.latency_conditions = latency_conditions(t.stats, before, after, round_p50=t.round_p50)
@@ -74,6 +78,8 @@ def add_host_latency(queue: LatencyQueue, *, warmup: int, runs: int, rounds: int
             "threads": t.stats.threads,
             "batch_size": t.stats.batch_size,
             "rounds": t.rounds,
+            "rounds_asked": rounds,
+            "budget_s": budget_s,
             "interleaved_with": len(queue) - 1,
         }
 

@@ -599,11 +599,18 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             f"[measure] latency on {HOST_LABEL}: {len(queue) + len(estimator)} models in {m.rounds} "
             f"interleaved rounds, {m.runs} timed calls each"
         )
-        add_host_latency(queue + estimator, warmup=m.warmup, runs=m.runs, rounds=m.rounds)
+        add_host_latency(
+            queue + estimator,
+            warmup=m.warmup,
+            runs=m.runs,
+            rounds=m.rounds,
+            budget_s=m.latency_budget_s or None,
+        )
         for row, _ in queue:
             lat = row.latency_ms
             flag = "" if row.trustworthy_latency else " (noisy: see the report)"
-            ctx.log(f"[measure] {row.name}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms{flag}")
+            runs = (row.latency_settings or {}).get("runs")
+            ctx.log(f"[measure] {row.name}: p50 {lat.p50:.2f} ms, p90 {lat.p90:.2f} ms ({runs} runs){flag}")
         results = {
             "target": ctx.target,
             "device": {"name": device.name, "connected": device_reachable(device, ctx.connection)},

@@ -192,3 +192,20 @@ def test_interleaved_rounds_time_exactly_the_runs_asked_for():
     vm = VirtualMachine(busy_calls=range(0))
     (one,) = interleaved_latency([vm.model("a", 1)], warmup=0, runs=7, rounds=5, clock_ns=vm.clock)
     assert one.stats.runs == 7 and len(vm.trace) == 7 + 5  # 2+2+1+1+1 timed, one untimed call per round
+
+
+def test_a_time_budget_stops_new_rounds_and_says_how_many_fit():
+    from devices.latency import interleaved_latency
+
+    vm = VirtualMachine(busy_calls=range(0))  # each round: 2 models x (1 + 20) calls of 1 and 2 ms = 63 ms
+    a, b = interleaved_latency(
+        [vm.model("a", 1.0), vm.model("b", 2.0)],
+        warmup=0,
+        runs=100,
+        rounds=5,
+        budget_s=0.1,
+        clock_ns=vm.clock,
+    )
+    assert a.rounds == b.rounds == 2 and a.stats.runs == 40  # round 3 would start after 126 ms > 100 ms
+    (one,) = interleaved_latency([vm.model("a", 1.0)], runs=10, rounds=5, budget_s=0.0, clock_ns=vm.clock)
+    assert one.rounds == 1 and one.stats.runs == 2  # at least one round, whatever the budget
