@@ -42,11 +42,22 @@ def private_extensions_dir() -> Path:
     return Path.home() / ".cache" / "facekd" / f"torch-extensions-{tag}"
 
 
+# NNCF sends usage telemetry (openvino_telemetry: Google Analytics, posted from a forked process, which is
+# also what printed "os.fork() was called ... JAX is multithreaded" in the export stage). Its own switch is
+# this variable (nncf/telemetry/wrapper.py replaces the sender with a stub when it is set); nothing of a
+# facekd run leaves the machine, so it is set unless the user set it or asks for telemetry.
+TELEMETRY_OFF_ENV = "NNCF_CI"
+TELEMETRY_OPT_IN_ENV = "FACEKD_NNCF_TELEMETRY"  # "1": leave NNCF's telemetry as NNCF ships it
+
+
 def configure_environment() -> dict[str, str]:
-    """Set the two variables where the user has not; returns what is in force. Call before NNCF loads."""
+    """Set NNCF's variables where the user has not; returns what is in force. Call before NNCF loads."""
     os.environ.setdefault(EXTENSIONS_ENV, str(private_extensions_dir()))
     os.environ.setdefault(TIMEOUT_ENV, str(LOAD_TIMEOUT_S))
-    return {EXTENSIONS_ENV: os.environ[EXTENSIONS_ENV], TIMEOUT_ENV: os.environ[TIMEOUT_ENV]}
+    if os.environ.get(TELEMETRY_OPT_IN_ENV) != "1":
+        os.environ.setdefault(TELEMETRY_OFF_ENV, "1")
+    keys = (EXTENSIONS_ENV, TIMEOUT_ENV, TELEMETRY_OFF_ENV)
+    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def nncf_cpu_build_dir() -> Path:

@@ -27,7 +27,30 @@ def test_environment_defaults_respect_the_user(monkeypatch, tmp_path):
     assert Path(got[ext.EXTENSIONS_ENV]) == ext.private_extensions_dir()
     monkeypatch.setenv(ext.EXTENSIONS_ENV, str(tmp_path))
     monkeypatch.setenv(ext.TIMEOUT_ENV, "7")
-    assert ext.configure_environment() == {ext.EXTENSIONS_ENV: str(tmp_path), ext.TIMEOUT_ENV: "7"}
+    monkeypatch.setenv(ext.TELEMETRY_OFF_ENV, "yes")
+    assert ext.configure_environment() == {
+        ext.EXTENSIONS_ENV: str(tmp_path),
+        ext.TIMEOUT_ENV: "7",
+        ext.TELEMETRY_OFF_ENV: "yes",
+    }
+
+
+@pytest.mark.parametrize(
+    "configure, opt_in, sender",
+    [(True, "", "MagicMock"), (False, "", "NNCFTelemetry"), (True, "1", "NNCFTelemetry")],  # stub: MagicMock
+)
+def test_nncf_telemetry_is_off_unless_asked_for(configure, opt_in, sender):
+    """Outside pytest (NNCF stubs its telemetry under pytest), NNCF's own switch decides what it sends."""
+    env = {k: v for k, v in os.environ.items() if k not in (ext.TELEMETRY_OFF_ENV, "NNCF_DEV", "CI")}
+    env[ext.TELEMETRY_OPT_IN_ENV] = opt_in
+    code = (
+        "from compress import nncf_extension as ext\n"
+        + ("ext.configure_environment()\n" if configure else "")
+        + "import nncf.telemetry.wrapper as w\nprint(type(w.telemetry).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == sender
 
 
 def test_nncf_build_dir_follows_the_private_folder(monkeypatch, tmp_path):
