@@ -134,6 +134,24 @@ def add_model_cards(artifacts: list[Artifact], out_dir: Path, *, thresholds: dic
         art.companions.append(card)
 
 
+def add_golden_files(
+    artifacts: list[Artifact], out_dir: Path, crops: np.ndarray, names: list[str], *, source: str
+) -> None:
+    """``<file>.golden.json`` beside every file this host can run (after cards: it records the final hash)."""
+    from deploy.golden import golden_path, model_input, write_golden
+    from deploy.model_card import sha256_of
+    from deploy.runtimes import load_embedder
+
+    x = model_input(crops)
+    for art in artifacts:
+        if art.format not in ("onnx", "tflite"):
+            continue  # an engine is built for its GPU: its ONNX's golden file is what a device checks
+        path = out_dir / art.file
+        emb = load_embedder(path, num_threads=1).embed(x)
+        write_golden(path, crops, names, emb, precision=art.precision, sha256=sha256_of(path), source=source)
+        art.companions.append(golden_path(path).name)
+
+
 def add_tensorrt(artifacts: list[Artifact], out_dir: Path, *, log=print) -> list[Artifact]:
     """trtexec rebuild script beside every ONNX; a TensorRT engine when TensorRT and a GPU are here."""
     from deploy.tensorrt import build_engine, tensorrt_available, write_trtexec_script

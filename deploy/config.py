@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from distill.errors import InputError
 
@@ -20,6 +21,10 @@ class ExportConfig:
     # fake-quant model more closely (cosine 0.9995 vs 0.9993)
     tflite_int8_scales: str = "calibrate"
     tflite_int8_io: str = "int8"  # int8 | float32 input/output tensors of the INT8 .tflite
+    # golden vectors beside every artifact (deploy/golden.py): crops from this folder of aligned 112x112
+    # images, or ("") the first images of the verification set; how many
+    golden_crops: str = ""
+    golden_count: int = 8
 
 
 def validate_export(e: ExportConfig) -> None:
@@ -29,5 +34,9 @@ def validate_export(e: ExportConfig) -> None:
         )
     if e.tflite_int8_io not in ("int8", "float32"):
         raise InputError(f"export.tflite_int8_io: must be 'int8' or 'float32'; got '{e.tflite_int8_io}'")
+    if e.golden_count < 1:
+        raise InputError(f"export.golden_count: must be >= 1, got {e.golden_count}")
+    if e.golden_crops and not Path(e.golden_crops).is_dir():
+        raise InputError(f"export.golden_crops: {e.golden_crops} is not a folder of aligned crops")
     if e.batch_size < 0:
         raise InputError(f"export.batch_size: must be >= 0 (0 = dynamic), got {e.batch_size}")

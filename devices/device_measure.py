@@ -149,8 +149,15 @@ def measure_on_device(
     try:
         runner.prepare(path, precision=artifact.get("precision"))
         latency = runner.run_latency(warmup=s.warmup, runs=s.runs, threads=s.threads, batch_size=s.batch_size)
+        golden = _golden_on_device(runner, path, notes)
         try:
-            acc = device_accuracy(runner, sets, s.flip, s.chunk_images)
+            if golden is not None and not golden.passed:
+                acc = {"val_set": sets[0].name, "accuracy": None, "accuracy_std": None, "tar_at_far": {}}
+                notes.insert(
+                    0, f"{golden.summary()}: accuracy withheld, the device does not run what was tested"
+                )
+            else:
+                acc = device_accuracy(runner, sets, s.flip, s.chunk_images)
             acc_on = runner.label
         except AccuracyUnavailable as exc:
             from deploy.runtimes import load_embedder
@@ -164,6 +171,8 @@ def measure_on_device(
     notes += info.get("notes", [])
     raw = [p for p in [latency.raw_log, *info.get("logs", [])] if p]
     row.update(acc)
+    if golden is not None:
+        row["golden"] = golden.to_dict()
     row.update(
         latency_ms=latency.latency_ms(),
         latency_settings={
@@ -185,6 +194,25 @@ def measure_on_device(
     if notes:
         row["notes"] = notes
     return ResultRow.from_dict(row, f"row of {row['name']} on {row['target']}")
+
+
+def _golden_on_device(runner: Runner, path: Path, notes: list[str]) -> Any:
+    """The artifact's golden crops run on the device (None when there is no golden file or no way to)."""
+    from deploy.golden import compare_golden, golden_path, model_input, read_golden
+
+    gpath = golden_path(path)
+    if not gpath.is_file():
+        notes.append(
+            f"no golden file beside {path.name}: the device's output was not checked against the host's"
+        )
+        return None
+    crops, recorded, meta = read_golden(gpath)
+    try:
+        got = runner.run_accuracy(model_input(crops)).embeddings
+    except AccuracyUnavailable as exc:
+        notes.append(f"golden vectors not checked on the device: {exc}")
+        return None
+    return compare_golden(recorded, got, float(meta.get("min_cosine", 0.99)), runner.label)
 
 
 def estimate_row(

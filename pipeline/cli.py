@@ -21,6 +21,7 @@ examples:
   python -m pipeline data synth --out data/synth              # only generate the synthetic data set
   python -m pipeline data info data/synth/train.rec --json
   python -m pipeline evaluate --model runs/demo/export/student_fp32.tflite --data data/synth/synth_val.bin
+  python -m pipeline verify --model runs/demo/export/student_int8.onnx   # against its golden vectors
 
 exit codes: 0 ok, 1 a check failed (parity, diverged training), 2 bad input.
 """
@@ -181,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feed.add_argument("--std", type=float, default=None, help="pixel std on 0..255")
     feed.add_argument("--size", type=int, default=0, help="input side in pixels [default: from the file]")
+
+    ver = sub.add_parser(
+        "verify",
+        help="check a shipped model against its golden vectors",
+        description="Run a .onnx or .tflite on the face crops of its golden file (<model>.golden.json, "
+        "written by export beside every artifact) and compare each embedding with the one recorded at "
+        "export by cosine. Exit 0: every crop matches; 1: the file computes something else (wrong build, "
+        "runtime or delegate); 2: no golden file, or one written for another file.",
+    )
+    ver.add_argument("--model", required=True, help="the .onnx or .tflite to check")
+    ver.add_argument("--golden", default=None, help="golden file [default: <model>.golden.json]")
+    ver.add_argument("--threads", type=int, default=1, help="runtime threads [default: 1]")
+    ver.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -218,6 +232,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _data(args)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "verify":
+        return _verify(args)
     import torch
 
     from compress.nncf_extension import configure_environment
@@ -340,6 +356,21 @@ def _data(args: argparse.Namespace) -> int:
     summary = synthesize(Path(args.out), cfg.data.synth, progress=not args.no_progress)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from deploy.golden import verify_file
+    from devices.accuracy import HOST_LABEL
+
+    check = verify_file(args.model, args.golden, threads=args.threads, where=HOST_LABEL)
+    if args.json:
+        print(json.dumps({"model": str(args.model), **check.to_dict()}))
+    else:
+        print(f"{args.model}: {check.summary()}")
+        for i, c in enumerate(check.cosines):
+            if c < check.tolerance:
+                print(f"  crop {i}: cosine {c:.6f} < {check.tolerance}")
+    return 0 if check.passed else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -401,6 +401,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     def fn(work: Path) -> StageOutcome:
         from deploy.artifacts import (
             CARD_FORMATS,
+            add_golden_files,
             add_model_cards,
             add_tensorrt,
             export_artifacts,
@@ -436,6 +437,8 @@ def stage_export(ctx: Context) -> dict[str, Any]:
             if cards:
                 ref = model if source == "distill" else _qat_model(ctx)
                 add_model_cards(cards, work, thresholds=_thresholds(ref, vals[0]), version=_version())
+        crops, names, crops_from = _golden_crops(e, vals[0])
+        add_golden_files(artifacts, work, crops, names, source=crops_from)
         sources = {"distill": sha256_file(student_path)}
         if qat_enabled(ctx):
             sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / "qat.pt")
@@ -456,6 +459,22 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         return StageOutcome(files + ["artifacts.json"], {a.name: a.parity for a in artifacts})
 
     return ctx.run.run("export", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
+
+
+def _golden_crops(e: Any, val: Any) -> tuple[Any, list[str], str]:
+    """The crops every artifact's golden file holds: ``export.golden_crops`` (a folder of aligned crops)
+    or the first images of the verification set."""
+    import numpy as np
+
+    from deploy.golden import DEFAULT_CROPS
+
+    if e.golden_crops:
+        from distill.data.image_folder import read_aligned_crops
+
+        crops, names = read_aligned_crops(Path(e.golden_crops), limit=e.golden_count or DEFAULT_CROPS)
+        return crops, names, str(Path(e.golden_crops).resolve())
+    n = min(e.golden_count or DEFAULT_CROPS, len(val.images))
+    return np.asarray(val.images[:n]), [f"{val.name}[{i}]" for i in range(n)], f"verification set {val.name}"
 
 
 def _qat_model(ctx: Context) -> Any:

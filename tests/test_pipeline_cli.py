@@ -134,6 +134,8 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys
         )
         assert read_metadata(export / a["file"]) == {k: v for k, v in card.items() if k != "sha256"}
         assert card["thresholds"]["at_far"] and card["input"]["shape"][1:] == [3, 112, 112]
+        assert a["companions"][2] == a["file"] + ".golden.json"  # and its golden vectors, which it matches
+        assert main(["verify", "--model", str(export / a["file"])]) == 0
     int8 = next(a for a in artifacts if a["precision"] == "int8")
     assert int8["source"] == "qat" and int8["details"]["qdq_lint"] == "passed"
     assert "fake-quant" in int8["parity"]["reference"]
@@ -278,6 +280,7 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_pat
         assert card["precision"] == precision and card["sha256"] == sha256_file(tflite)
         assert card["embedding"]["size"] == 128 and card["preprocessing"]["colour_order"] == "RGB"
         assert read_metadata(tflite)["precision"] == precision  # the same card, inside the flatbuffer
+        assert main(["verify", "--model", str(tflite)]) == 0  # its golden vectors, int8 I/O included
     fp32, fp16 = (
         (export / "student_fp32.tflite").stat().st_size,
         (export / "student_fp16.tflite").stat().st_size,
@@ -298,6 +301,10 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_pat
     assert {r["precision"] for r in android} == {"fp32", "fp16", "int8"} and all(
         r["latency_ms"] is None for r in android
     )
+    # batch-1 files are evaluated through a batched copy only where it reproduces the file exactly
+    host = {r["precision"]: r for r in rows if r["target"] == "host" and r["format"] == "tflite"}
+    assert all("equal to it on 16 images" in r["accuracy_via"] or "one image per call" in r["accuracy_via"]
+               for r in host.values())  # fmt: skip
 
 
 def test_sh_kd_recipe_trains_the_teacher_through_the_students_frozen_head(tmp_path):

@@ -116,3 +116,16 @@ def load_pairs_folder(root: str | os.PathLike, image_size: int | None = 112) -> 
             )
         images[i] = rgb
     return VerificationSet(name=folder.name, images=images, issame=np.asarray(issame, dtype=bool))
+
+
+def read_aligned_crops(
+    root: str | os.PathLike, limit: int | None = None, image_size: int = 112
+) -> tuple[np.ndarray, list[str]]:
+    """The images directly in ``root`` (sorted by name, at most ``limit``) as uint8 (N, H, W, 3) RGB."""
+    root = Path(root)
+    files = sorted(p for p in root.iterdir() if _is_image(p)) if root.is_dir() else []
+    if not files:
+        raise InputError(f"{root}: no {'/'.join(IMAGE_SUFFIXES)} images in the folder")
+    files = files[:limit] if limit else files
+    crops = [decode_rgb(p.read_bytes(), str(p), image_size) for p in files]
+    return np.stack(crops), [p.name for p in files]
