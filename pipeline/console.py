@@ -40,6 +40,18 @@ def third_party_to_log(log_path: Path, *, verbose: bool = False) -> Iterator[Pat
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
     redirect = _own_descriptor(sys.stdout, 1) and _own_descriptor(sys.stderr, 2)
+    try:
+        with _capture(log_path, redirect) as path:
+            yield path
+    finally:
+        if log_path.is_file() and log_path.stat().st_size == 0:  # nothing said: leave no empty file
+            log_path.unlink()
+            with contextlib.suppress(OSError):
+                log_path.parent.rmdir()
+
+
+@contextlib.contextmanager
+def _capture(log_path: Path, redirect: bool) -> Iterator[Path]:
     with open(log_path, "a", buffering=1, encoding="utf-8", errors="replace") as log:
         handler = logging.StreamHandler(log)
         handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))

@@ -62,3 +62,21 @@ def test_verbose_keeps_everything_on_the_console(tmp_path):
     ):
         assert line in console, line
     assert log == ""
+
+
+def test_a_quiet_stage_leaves_no_log_file(tmp_path):
+    from pipeline.console import third_party_to_log
+
+    with third_party_to_log(tmp_path / "logs" / "data.log"):
+        pass
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_stage_that_fails_quietly_leaves_no_log_either(tmp_path):
+    import pytest
+
+    from pipeline.console import third_party_to_log
+
+    with pytest.raises(ValueError), third_party_to_log(tmp_path / "logs" / "data.log"):
+        raise ValueError("bad input")
+    assert not (tmp_path / "logs").exists()
