@@ -39,6 +39,8 @@ class Artifact:
     companions: list[str] = field(default_factory=list)  # model.json, rebuild script, ...
     source: str = "distill"  # the stage whose model it came from (distill = fp32, qat = INT8)
     details: dict = field(default_factory=dict)  # exporter facts (INT8: scales carried, float ops left)
+    input_kind: str = "normalized"  # or "pixels": NHWC RGB pixels, normalisation inside (pixel_input.py)
+    pixel_dtype: str | None = None  # uint8 | float32 for a pixels-in file
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,19 +51,30 @@ SUPPORTED = {("onnx", "fp32"), ("onnx", "fp16"), ("tflite", "fp32"), ("tflite", 
 
 
 def export_file(
-    model: nn.Module, fmt: str, precision: str, path: Path, *, batch_size: int | None, opset: int
+    model: nn.Module,
+    fmt: str,
+    precision: str,
+    path: Path,
+    *,
+    batch_size: int | None,
+    opset: int,
+    pixels: str | None = None,
 ) -> Path:
-    """Write one artifact (atomically, by the exporters)."""
+    """Write one artifact (atomically, by the exporters); ``pixels`` (uint8/float32): a pixels-in file."""
+    from deploy.pixel_input import onnx_pixel_input
+
     if (fmt, precision) not in SUPPORTED:
         raise ValueError(f"cannot export {fmt} {precision} (supported: {sorted(SUPPORTED)})")
     if fmt == "onnx" and precision == "fp32":
-        return export_onnx(model, path, batch_size=batch_size, opset=opset)
+        export_onnx(model, path, batch_size=batch_size, opset=opset)
+        return onnx_pixel_input(path, pixels) if pixels else path
     if fmt == "onnx":
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", batch_size=batch_size, opset=opset)
-            return convert_onnx_fp16(fp32, path)
+            convert_onnx_fp16(fp32, path)
+        return onnx_pixel_input(path, pixels) if pixels else path
     export = export_tflite_fp32 if precision == "fp32" else export_tflite_fp16
-    return export(model, path, batch_size=batch_size or 1)
+    return export(model, path, batch_size=batch_size or 1, pixels=pixels)
 
 
 def export_artifacts(
@@ -74,18 +87,22 @@ def export_artifacts(
     opset: int = 17,
     stem: str = "student",
     allow_parity_failure: bool = False,
+    pixels: str | None = None,
 ) -> list[Artifact]:
     """Write one file per (format, precision) into ``out_dir`` and check its parity.
 
-    ``parity_images`` is a float32 NCHW batch already normalised for the model.
+    ``parity_images`` is a float32 NCHW batch already normalised for the model; a pixels-in file
+    (``pixels``: its input dtype) is fed the same images as the 8-bit pixels they came from.
     """
     model = model.cpu().float().eval()
     reference = TorchEmbedder(model).embed(parity_images)
     artifacts, failures = [], []
     for fmt, precision in formats:
         file = f"{stem}_{precision}{EXTENSIONS[fmt]}"
-        path = export_file(model, fmt, precision, out_dir / file, batch_size=batch_size, opset=opset)
-        candidate = load_embedder(path).embed(parity_images)
+        path = export_file(
+            model, fmt, precision, out_dir / file, batch_size=batch_size, opset=opset, pixels=pixels
+        )
+        candidate = load_embedder(path, pixels=pixels).embed(parity_images)
         result = check_parity(reference, candidate, PARITY_MIN_COSINE[precision])
         artifacts.append(
             Artifact(
@@ -95,6 +112,8 @@ def export_artifacts(
                 file=file,
                 batch_size=batch_size if fmt == "onnx" else (batch_size or 1),
                 parity=asdict(result),
+                input_kind="pixels" if pixels else "normalized",
+                pixel_dtype=pixels,
             )
         )
         if not result.passed:
@@ -125,6 +144,7 @@ def add_model_cards(artifacts: list[Artifact], out_dir: Path, *, thresholds: dic
                 version=version,
                 thresholds=thresholds,
                 precision=art.precision,
+                input_kind=art.input_kind,
             )
         elif art.format == "tensorrt" and Path(art.file).stem in cards:
             card = Path(art.file).stem + ".engine.json"  # the ONNX's sidecar has the plain stem
@@ -147,7 +167,7 @@ def add_golden_files(
         if art.format not in ("onnx", "tflite"):
             continue  # an engine is built for its GPU: its ONNX's golden file is what a device checks
         path = out_dir / art.file
-        emb = load_embedder(path, num_threads=1).embed(x)
+        emb = load_embedder(path, num_threads=1, pixels=art.pixel_dtype).embed(x)
         write_golden(path, crops, names, emb, precision=art.precision, sha256=sha256_of(path), source=source)
         art.companions.append(golden_path(path).name)
 

@@ -33,9 +33,16 @@ def export_int8_artifacts(
     stem: str = "student",
     source: str = "qat",
     allow_parity_failure: bool = False,
+    pixels: str | None = None,
 ) -> list[Artifact]:
-    """Write ``<stem>_int8.onnx`` and/or ``<stem>_int8.tflite`` (``formats``: "onnx", "tflite")."""
+    """Write ``<stem>_int8.onnx`` and/or ``<stem>_int8.tflite`` (``formats``: "onnx", "tflite").
+
+    ``pixels`` makes them pixels-in files (deploy/pixel_input.py): the ONNX in that dtype, the .tflite
+    always uint8 (its input quantisation does the normalisation).
+    """
+    from deploy.pixel_input import onnx_pixel_input, tflite_int8_pixel_input
     from deploy.tflite_int8 import export_tflite_int8
+    from distill.atomic import atomic_path
 
     reference = TorchEmbedder(qmodel).embed(parity_images)
     artifacts, failures = [], []
@@ -46,6 +53,9 @@ def export_int8_artifacts(
             export_qdq_onnx(qmodel, out_dir / file, batch_size=batch_size, opset=opset)
             details["qdq_lint"] = "passed"
             art_batch = batch_size
+            file_pixels = pixels
+            if pixels:
+                onnx_pixel_input(out_dir / file, pixels)
         elif fmt == "tflite":
             file = f"{stem}_int8.tflite"
             report = export_tflite_int8(
@@ -56,9 +66,15 @@ def export_int8_artifacts(
             if report.float_ops:  # an INT8 graph with float islands is slow on phones: say so loudly
                 details["warning"] = f"float operators left in the INT8 graph: {report.float_ops}"
             art_batch = 1
+            file_pixels = "uint8" if pixels else None
+            if pixels:
+                content = tflite_int8_pixel_input((out_dir / file).read_bytes())
+                with atomic_path(out_dir / file) as tmp:
+                    tmp.write_bytes(content)
+                details["input"] = "uint8 NHWC pixels, one integer QUANTIZE in front (no TRANSPOSE)"
         else:
             raise ValueError(f"no INT8 exporter for format '{fmt}'")
-        candidate = load_embedder(out_dir / file).embed(parity_images)
+        candidate = load_embedder(out_dir / file, pixels=file_pixels).embed(parity_images)
         result = check_parity(reference, candidate, PARITY_MIN_COSINE["int8"])
         artifacts.append(
             Artifact(
@@ -70,6 +86,8 @@ def export_int8_artifacts(
                 parity={**asdict(result), "reference": f"{source} fake-quant PyTorch model"},
                 source=source,
                 details=details,
+                input_kind="pixels" if file_pixels else "normalized",
+                pixel_dtype=file_pixels,
             )
         )
         if not result.passed:

@@ -232,20 +232,32 @@ def build_model_card(
     precision: str,
     embedding_l2_normalized: bool = False,
     extra: dict[str, Any] | None = None,
+    input_kind: str = "normalized",
 ) -> dict[str, Any]:
     """The card for one .tflite or .onnx (without ``sha256``; :func:`write_model_card` adds it last)."""
     io = model_io(model_path)
     inp = io["input"]
     size = inp["shape"][2] if inp["layout"] == "NCHW" else inp["shape"][1]
     scale = size / IMAGE_SIZE
-    card: dict[str, Any] = {
-        "schema": SCHEMA,
-        "file": Path(model_path).name,
-        "version": version,
-        "precision": precision,
-        "input": inp,
-        "output": io["output"],
-        "preprocessing": {
+    if input_kind == "pixels":
+        feed = (
+            "the aligned crop's RGB pixels as they are: row-major, HWC, one byte per channel (0..255), "
+            "no normalisation, no quantisation by the app (the input's scale/zero point are the model's "
+            "own, applied inside)"
+            if inp["dtype"] == "uint8"
+            else "the aligned crop's RGB pixels as float32 values 0..255, row-major HWC, not normalised"
+        )
+        preprocessing: dict[str, Any] = {
+            "input_kind": "pixels",
+            "feed": feed,
+            "colour_order": "RGB",
+            "value_range_in": [0, 255],
+            "normalisation": f"inside the model: (x - {PIXEL_MEAN}) / {PIXEL_STD}",
+        }
+    else:
+        preprocessing = {
+            "input_kind": "normalized",
+            "feed": f"(x - {PIXEL_MEAN}) / {PIXEL_STD} of each RGB value, in the input's layout",
             "colour_order": "RGB",
             "value_range_in": [0, 255],
             "normalisation": f"(x - {PIXEL_MEAN}) / {PIXEL_STD}",
@@ -253,7 +265,15 @@ def build_model_card(
             "mean": [PIXEL_MEAN] * 3,
             "std": [PIXEL_STD] * 3,
             "value_range_model": [-1.0, 1.0],
-        },
+        }
+    card: dict[str, Any] = {
+        "schema": SCHEMA,
+        "file": Path(model_path).name,
+        "version": version,
+        "precision": precision,
+        "input": inp,
+        "output": io["output"],
+        "preprocessing": preprocessing,
         "alignment": {
             "method": "5-point similarity transform (Umeyama, no reflection) onto the template, "
             "bilinear warp, zero border",
@@ -292,6 +312,7 @@ def write_model_card(
     embedding_l2_normalized: bool = False,
     embed: bool = True,
     extra: dict[str, Any] | None = None,
+    input_kind: str = "normalized",
 ) -> dict[str, Any]:
     """Write the sidecar JSON at ``path`` (atomic) and return the card.
 
@@ -305,6 +326,7 @@ def write_model_card(
         precision=precision,
         embedding_l2_normalized=embedding_l2_normalized,
         extra=extra,
+        input_kind=input_kind,
     )
     card["metadata_embedded"] = METADATA_NAME if embed else None
     if embed:

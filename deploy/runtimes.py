@@ -84,6 +84,27 @@ def latency_batch(fixed: int | None, requested: int | None, name: str) -> int:
     return 1 if requested is None else requested
 
 
+CARD_METADATA = "facekd_model_card"  # deploy.model_card.METADATA_NAME (that module imports this one)
+
+
+def pixel_input_dtype(input_type: str, nhwc: bool, card: str | dict | None) -> str | None:
+    """ "uint8"/"float32" when a file takes NHWC RGB pixels with the normalisation inside, else None.
+
+    A uint8 NHWC input can only be pixels; a float NHWC input is pixels when the file's model card says
+    so (a model converted from TensorFlow may take normalised NHWC floats).
+    """
+    import json
+
+    if not nhwc:
+        return None
+    if "uint8" in input_type:
+        return "uint8"
+    if isinstance(card, str):
+        card = json.loads(card) if card else None
+    kind = ((card or {}).get("preprocessing") or {}).get("input_kind")
+    return "float32" if kind == "pixels" else None
+
+
 def embed_in_chunks(run: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int | None) -> np.ndarray:
     """Run ``run`` over ``x`` in chunks; a fixed ``batch_size`` gets its last chunk zero-padded."""
     n = x.shape[0]
@@ -111,6 +132,7 @@ class OnnxEmbedder:
         num_threads: int | None = None,
         name: str | None = None,
         model_bytes: bytes | None = None,
+        pixels: str | None = None,
     ):
         import onnxruntime as ort
 
@@ -138,12 +160,18 @@ class OnnxEmbedder:
         # models converted from TensorFlow declare channel-last input; embed() takes NCHW either way
         self._nhwc = shape[1] != 3 and shape[3] == 3
         self.input_chw = (shape[3], shape[1], shape[2]) if self._nhwc else (shape[1], shape[2], shape[3])
+        card = self._session.get_modelmeta().custom_metadata_map.get(CARD_METADATA, "")
+        self.pixel_dtype = pixels or pixel_input_dtype(inp.type, self._nhwc, card)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         x = check_input(self.name, x, self.input_chw)
         return embed_in_chunks(lambda c: self.run_once(self._layout(c)), x, self.batch_size)
 
     def _layout(self, x: np.ndarray) -> np.ndarray:
+        if self.pixel_dtype is not None:  # a pixels-in file: the normalisation is inside it
+            from deploy.pixel_input import pixels_from_normalized
+
+            return pixels_from_normalized(x, self.pixel_dtype)
         return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if self._nhwc else x
 
     def run_once(self, x: np.ndarray) -> np.ndarray:
@@ -185,6 +213,7 @@ class TfliteEmbedder:
         num_threads: int | None = None,
         name: str | None = None,
         batch: int | None = None,
+        pixels: str | None = None,
     ):
         from ai_edge_litert.interpreter import Interpreter
 
@@ -211,6 +240,10 @@ class TfliteEmbedder:
         self._in_index, self._out_index = inp["index"], out["index"]
         self._in_dtype, self._out_dtype = inp["dtype"], out["dtype"]
         self._in_quant, self._out_quant = inp["quantization"], out["quantization"]
+        from deploy.model_card import read_metadata
+
+        card = read_metadata(self.path) if self._nhwc and not pixels else None
+        self.pixel_dtype = pixels or pixel_input_dtype(np.dtype(self._in_dtype).name, self._nhwc, card)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         x = check_input(self.name, x, self.input_chw)
@@ -218,6 +251,10 @@ class TfliteEmbedder:
 
     def to_model_input(self, x: np.ndarray) -> np.ndarray:
         """float32 NCHW -> the model's declared layout and dtype (quantized for int8/uint8 inputs)."""
+        if self.pixel_dtype is not None:  # a pixels-in file takes the 8-bit pixels themselves
+            from deploy.pixel_input import pixels_from_normalized
+
+            return pixels_from_normalized(x, self.pixel_dtype)
         if self._nhwc:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         if self._in_dtype in (np.int8, np.uint8):
@@ -365,6 +402,7 @@ def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, s
                 embedder.num_threads,
                 embedder.name,
                 model_bytes=onnx_with_batch_axis(embedder.path),  # type: ignore[attr-defined]
+                pixels=getattr(embedder, "pixel_dtype", None),
             )
         else:
             twin = TfliteEmbedder(
@@ -372,6 +410,7 @@ def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, s
                 embedder.num_threads,
                 embedder.name,
                 batch=EVAL_TWIN_BATCH,
+                pixels=getattr(embedder, "pixel_dtype", None),
             )
             twin.batch_size = EVAL_TWIN_BATCH
         reference = embedder.embed(sample)
@@ -389,7 +428,11 @@ def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, s
 
 
 def load_embedder(
-    path_or_model: str | os.PathLike | nn.Module, *, num_threads: int | None = None, name: str | None = None
+    path_or_model: str | os.PathLike | nn.Module,
+    *,
+    num_threads: int | None = None,
+    name: str | None = None,
+    pixels: str | None = None,
 ) -> Embedder:
     """An Embedder for a module or a file: .onnx, .tflite, or a .pt/.pth checkpoint of this project."""
     if isinstance(path_or_model, nn.Module):
@@ -400,10 +443,10 @@ def load_embedder(
         raise InputError(f"{path}: unknown model format '{suffix}' (expected .onnx, .tflite, .pt or .pth)")
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
-    if suffix == ".onnx":
-        return OnnxEmbedder(path, num_threads=num_threads, name=name)
+    if suffix == ".onnx":  # ``pixels``: a pixels-in file's dtype, when its card is not inside it yet
+        return OnnxEmbedder(path, num_threads=num_threads, name=name, pixels=pixels)
     if suffix == ".tflite":
-        return TfliteEmbedder(path, num_threads=num_threads, name=name)
+        return TfliteEmbedder(path, num_threads=num_threads, name=name, pixels=pixels)
     from compress.checkpoint import is_quantized_checkpoint, load_quantized
     from distill.models.checkpoint import load_model  # lazy: only checkpoints need the model zoo
 

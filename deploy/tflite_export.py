@@ -21,14 +21,28 @@ from distill.data.transforms import IMAGE_SIZE
 
 
 def export_tflite_fp32(
-    model: nn.Module, path: str | os.PathLike, *, batch_size: int = 1, image_size: int = IMAGE_SIZE
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    image_size: int = IMAGE_SIZE,
+    pixels: str | None = None,
 ) -> Path:
-    """Write ``model`` as a float32 .tflite (float32 input and output) and return the path."""
-    return convert_and_write(model, path, batch_size=batch_size, image_size=image_size)
+    """Write ``model`` as a float32 .tflite (float32 output) and return the path.
+
+    The input is the normalised float32 NCHW batch, or with ``pixels`` ("uint8"/"float32") NHWC RGB
+    pixels with the normalisation inside (deploy/pixel_input.py).
+    """
+    return convert_and_write(model, path, batch_size=batch_size, image_size=image_size, pixels=pixels)
 
 
 def export_tflite_fp16(
-    model: nn.Module, path: str | os.PathLike, *, batch_size: int = 1, image_size: int = IMAGE_SIZE
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    batch_size: int = 1,
+    image_size: int = IMAGE_SIZE,
+    pixels: str | None = None,
 ) -> Path:
     """Write ``model`` as an fp16-weights .tflite (LiteRT "float16 quantization") and return the path.
 
@@ -37,7 +51,7 @@ def export_tflite_fp16(
     XNNPACK folds the DEQUANTIZE at load time; GPU delegates run fp16 natively. About half the file size.
     """
     return convert_and_write(
-        model, path, batch_size=batch_size, image_size=image_size, postprocess=fp16_weights
+        model, path, batch_size=batch_size, image_size=image_size, postprocess=fp16_weights, pixels=pixels
     )
 
 
@@ -69,6 +83,7 @@ def convert_and_write(
     image_size: int = IMAGE_SIZE,
     quant_config: Any = None,
     postprocess: Callable[[bytes], bytes] | None = None,
+    pixels: str | None = None,
 ) -> Path:
     """Convert with litert-torch (optionally with a ``litert_torch`` QuantConfig) and write atomically.
 
@@ -81,6 +96,11 @@ def convert_and_write(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     net = export_copy(model)
     sample = (example_input(batch_size, image_size),)
+    if pixels:  # NHWC pixels in, normalisation inside: the converter leaves no input TRANSPOSE
+        from deploy.pixel_input import PixelInput, pixel_sample
+
+        net = PixelInput(net).eval()
+        sample = (pixel_sample(batch_size, pixels, image_size),)
     edge_model = litert_torch.convert(net, sample, quant_config=quant_config)
     target = Path(path)
     with atomic_path(target) as tmp:

@@ -146,6 +146,7 @@ def measure_on_device(
         "target": getattr(runner, "device_name", runner.label),
     }
     notes: list[str] = []
+    acc_note = ""
     try:
         runner.prepare(path, precision=artifact.get("precision"))
         latency = runner.run_latency(warmup=s.warmup, runs=s.runs, threads=s.threads, batch_size=s.batch_size)
@@ -164,7 +165,8 @@ def measure_on_device(
 
             acc = accuracy_fields(load_embedder(path, num_threads=s.threads), sets, s.flip)
             acc_on = HOST_LABEL
-            notes.append(f"accuracy from {HOST_LABEL}, same file: {exc}")
+            acc_note = f"accuracy from {HOST_LABEL}, same file: {exc}"
+            notes.append(acc_note)
         info = runner.collect()
     finally:
         runner.close()
@@ -190,7 +192,7 @@ def measure_on_device(
         device=info,
     )
     if acc_on != latency.measured_on:
-        row["accuracy_note"] = notes[0] if notes else f"accuracy measured on {acc_on}"
+        row["accuracy_note"] = acc_note or f"accuracy measured on {acc_on}"
     if notes:
         row["notes"] = notes
     return ResultRow.from_dict(row, f"row of {row['name']} on {row['target']}")

@@ -33,6 +33,20 @@ DYNAMIC_CHUNK = 32
 
 
 # ------------------------------------------------------------------------------------------ backends
+def pixels_of(x: np.ndarray, dtype) -> np.ndarray:
+    """Normalised float NCHW -> the NHWC RGB pixels of a pixels-in model (facekd deploy/pixel_input.py;
+    this side of the device boundary keeps its own copy)."""
+    p = np.clip(np.rint(np.asarray(x, np.float32) * 127.5 + 127.5), 0, 255).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(p, dtype=dtype)
+
+
+def card_says_pixels(card_json: str) -> bool:
+    try:
+        return (json.loads(card_json).get("preprocessing") or {}).get("input_kind") == "pixels"
+    except (ValueError, AttributeError):
+        return False
+
+
 class OnnxModel:
     def __init__(self, path: str, threads: int):
         import onnxruntime as ort
@@ -51,9 +65,16 @@ class OnnxModel:
         self.batch = shape[0] if isinstance(shape[0], int) else None
         self.chw = tuple(int(d) for d in shape[1:])
         self.dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        card = self.session.get_modelmeta().custom_metadata_map.get("facekd_model_card", "")
+        self.pixels = shape[-1] == 3 and (inp.type == "tensor(uint8)" or card_says_pixels(card))
+        if self.pixels:  # NHWC pixels in: the images still arrive normalised NCHW
+            self.dtype = np.uint8 if inp.type == "tensor(uint8)" else np.float32
+            self.chw = (3, int(shape[1]), int(shape[2]))
         self.runtime = f"onnxruntime {ort.__version__} ({', '.join(self.session.get_providers())})"
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.pixels:
+            return pixels_of(x, self.dtype)
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -77,9 +98,13 @@ class TfliteModel:
         self.in_index, self.out_index = inp["index"], out["index"]
         self.in_dtype, self.out_dtype = inp["dtype"], out["dtype"]
         self.in_quant, self.out_quant = inp["quantization"], out["quantization"]
+        # a uint8 NHWC input is a pixels-in file (facekd never writes uint8 for normalised input)
+        self.pixels = self.nhwc and self.in_dtype == np.uint8
         self.runtime = name
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.pixels:
+            return pixels_of(x, np.uint8)
         x = np.asarray(x, dtype=np.float32)
         if self.nhwc:
             x = x.transpose(0, 2, 3, 1)
@@ -189,11 +214,16 @@ class TensorRTModel:
         self.chw = tuple(int(d) for d in shape[1:])
         self.dtype = trt.nptype(self.engine.get_tensor_dtype(self.input_name))
         self.out_dtype = trt.nptype(self.engine.get_tensor_dtype(self.output_name))
+        self.pixels = self.dtype == np.uint8 and shape[-1] == 3  # built from a pixels-in ONNX
+        if self.pixels:
+            self.chw = (3, int(shape[1]), int(shape[2]))
         self.stream = self.cuda.stream()
         self.buffers: dict[tuple, tuple[int, int]] = {}
         self.runtime = f"TensorRT {trt.__version__}"
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.pixels:
+            return pixels_of(x, np.uint8)
         return np.ascontiguousarray(x, dtype=self.dtype)
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -423,6 +423,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
             batch_size=e.batch_size or None,
             opset=e.opset,
             allow_parity_failure=ctx.allow_parity_failure,
+            pixels=_pixels(ctx),
         )
         int8 = [fmt for fmt, precision in wanted if precision == "int8"]
         if int8 and qat_enabled(ctx):
@@ -509,7 +510,16 @@ def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, va
         tflite_scales=e.tflite_int8_scales,
         tflite_io=e.tflite_int8_io,
         allow_parity_failure=ctx.allow_parity_failure,
+        pixels=_pixels(ctx),
     )
+
+
+def _pixels(ctx: Context) -> str | None:
+    """The pixel dtype of pixels-in artifacts (export.input resolved for the target), or None."""
+    from deploy.config import input_kind
+
+    e = ctx.cfg.export
+    return e.pixel_dtype if input_kind(e, ctx.target) == "pixels" else None
 
 
 def _thresholds(model: Any, val: Any) -> dict[str, Any]:

@@ -257,6 +257,7 @@ def test_no_python_on_the_phone_keeps_host_accuracy_labelled(phone, monkeypatch)
     sets = [VerificationSet("s", images, np.arange(12) % 2 == 0)]
     artifact = {"name": "student-tflite-fp32", "format": "tflite", "precision": "fp32", "sha256": "abc"}
     row = measure_on_device(make_runner(phone), artifact, phone["model"], sets, {"warmup": 1, "runs": 20})
+    row = row.to_dict()  # as results.json holds it
     assert row["measured_on"] == "android-arm64-generic (adb)" and row["accuracy_measured_on"] == "host-cpu"
     assert "host-cpu" in row["accuracy_note"] and row["latency_ms"]["p50"] == pytest.approx(1.225)
     assert "p90" not in row["latency_ms"] and row["latency_settings"]["tool"] == "benchmark_model"

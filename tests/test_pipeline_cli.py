@@ -286,10 +286,23 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_pat
         (export / "student_fp16.tflite").stat().st_size,
     )
     assert fp16 < 0.65 * fp32
-    # the full-integer file: int8 I/O stated in its card, no float island, a third of the fp32 size
+    # android default: pixels in (uint8 NHWC RGB, normalisation inside), stated in every card
+    for precision in ("fp32", "fp16", "int8"):
+        card = json.loads((export / f"student_{precision}.json").read_text())
+        assert card["input"]["shape"] == [1, 112, 112, 3] and card["input"]["dtype"] == "uint8"
+        assert card["input"]["layout"] == "NHWC" and card["preprocessing"]["input_kind"] == "pixels"
+    # the full-integer file: its uint8 input quantisation does the normalisation (1/127.5, zero point
+    # 128), one integer QUANTIZE and no TRANSPOSE or float op anywhere, a third of the fp32 size
+    from deploy.tflite_int8 import count_float_ops
+
     int8 = export / "student_int8.tflite"
     card = json.loads((export / "student_int8.json").read_text())
-    assert card["input"]["dtype"] == "int8" and card["input"]["quantization"]["zero_point"] == 0
+    assert card["input"]["quantization"]["zero_point"] == 128
+    assert card["input"]["quantization"]["scale"] == pytest.approx(1 / 127.5)
+    ops = count_float_ops(int8)
+    assert (
+        ops["n_float_ops"] == 0 and "TRANSPOSE" not in ops["op_counts"] and ops["op_counts"]["QUANTIZE"] == 1
+    )
     assert int8.stat().st_size < 0.30 * fp32
     art = next(
         a for a in json.loads((export / "artifacts.json").read_text())["artifacts"] if a["file"] == int8.name

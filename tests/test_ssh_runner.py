@@ -196,12 +196,25 @@ def test_measure_on_device_row_matches_host_accuracy(server, model_path, tmp_pat
     sets = [VerificationSet("synth", images, rng.integers(0, 2, size=20).astype(bool))]
     runner = SshRunner("test-device", server.target, options(server), log_dir=tmp_path)
     artifact = {"name": "tiny-onnx-fp32", "format": "onnx", "precision": "fp32", "sha256": "x"}
-    row = measure_on_device(runner, artifact, model_path, sets, {"warmup": 1, "runs": 5, "threads": 1})
+    # golden vectors beside the file, as export leaves them: the device re-runs them first, over ssh
+    import shutil
+
+    from deploy.golden import model_input, write_golden
+    from deploy.model_card import sha256_of
+    from deploy.runtimes import load_embedder
+
+    shipped = tmp_path / "shipped" / model_path.name
+    shipped.parent.mkdir()
+    shutil.copy(model_path, shipped)
+    crops = images[:4]
+    emb = load_embedder(shipped, num_threads=1).embed(model_input(crops))
+    write_golden(shipped, crops, list("abcd"), emb, precision="fp32", sha256=sha256_of(shipped), source="t")
+    row = measure_on_device(runner, artifact, shipped, sets, {"warmup": 1, "runs": 5, "threads": 1})
+    assert row.details["golden"]["passed"] and row.details["golden"]["where"] == "test-device (ssh)"
+    row = row.to_dict()  # as results.json holds it
     assert row["measured_on"] == row["accuracy_measured_on"] == "test-device (ssh)"
     assert set(row["latency_ms"]) >= {"p50", "p90", "p99", "mean"}
     assert row["latency_settings"]["runs"] == 5 and row["raw_logs"]
-    from deploy.runtimes import load_embedder
-
     host = accuracy_fields(load_embedder(model_path, num_threads=1), sets, True)
     assert row["accuracy"] == pytest.approx(host["accuracy"], abs=1e-9)
     assert row["sets"]["synth"]["roc_auc"] == pytest.approx(host["sets"]["synth"]["roc_auc"], abs=1e-6)
