@@ -6,6 +6,7 @@ from torch import nn
 
 from distill.config import LossSpec
 from distill.errors import InputError
+from distill.losses.adadistill import AdaDistillLoss
 from distill.losses.base import LossDims, LossInputs, LossTerm
 from distill.losses.classifier_sharing import StudentHeadLoss, TeacherHeadLoss
 from distill.losses.coupleface import CoupleFaceLoss
@@ -28,6 +29,7 @@ LOSSES: dict[str, type[LossTerm]] = {
     "teacher_head": TeacherHeadLoss,
     "student_head": StudentHeadLoss,
     "margin_distillation": MarginDistillationLoss,
+    "adadistill": AdaDistillLoss,
 }
 
 __all__ = ["LOSSES", "LossDims", "LossInputs", "LossTerm", "build_losses"]
