@@ -41,6 +41,9 @@ METHODS: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {
         {},
     ),
     "margin_distillation": ([{"name": "margin_distillation", "weight": 1.0, "params": {"scale": 32.0}}], {}),
+    # each at the benchmark's scale 32 (as every method here) and its own published margin
+    "adadistill": ([{"name": "adadistill", "weight": 1.0, "params": {"kind": "cosface", "scale": 32.0}}], {}),
+    "gkd": ([{"name": "gkd", "weight": 1.0, "params": {"scale": 32.0}}], {}),
 }
 
 # A benchmark-sized CPU preset: small enough for 7 methods x 3 seeds on 2 cores.

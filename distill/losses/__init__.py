@@ -12,6 +12,7 @@ from distill.losses.classifier_sharing import StudentHeadLoss, TeacherHeadLoss
 from distill.losses.coupleface import CoupleFaceLoss
 from distill.losses.ekd import EKDLoss
 from distill.losses.feature_l2 import FeatureL2Loss
+from distill.losses.gkd import GKDLoss
 from distill.losses.iled import ILEDLoss
 from distill.losses.margin import ArcFaceLoss, CosFaceLoss
 from distill.losses.margin_distillation import MarginDistillationLoss
@@ -30,6 +31,7 @@ LOSSES: dict[str, type[LossTerm]] = {
     "student_head": StudentHeadLoss,
     "margin_distillation": MarginDistillationLoss,
     "adadistill": AdaDistillLoss,
+    "gkd": GKDLoss,
 }
 
 __all__ = ["LOSSES", "LossDims", "LossInputs", "LossTerm", "build_losses"]
