@@ -395,6 +395,8 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         "export_cfg": config_hash(e),
         "target": ctx.target,
         "formats": formats_for(ctx.target),
+        # the golden crops' folder by content, so new crops make new golden files
+        "golden_crops": fingerprint(Path(e.golden_crops)) if e.golden_crops else None,
         **_upstream(ctx, "distill", "qat"),
     }
 
