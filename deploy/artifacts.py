@@ -10,8 +10,10 @@ TensorRT and a CUDA GPU are present here, an engine built with the Python API.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,7 @@ def export_artifacts(
     stem: str = "student",
     allow_parity_failure: bool = False,
     pixels: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[Artifact]:
     """Write one file per (format, precision) into ``out_dir`` and check its parity.
 
@@ -118,9 +121,16 @@ def export_artifacts(
         )
         if not result.passed:
             failures.append(f"{file}: cosine min {result.cos_min:.6f} < {result.threshold}")
+        log(parity_line(file, result))
     if failures and not allow_parity_failure:
         raise ParityError("parity check failed: " + "; ".join(failures))
     return artifacts
+
+
+def parity_line(file: str, result: Any) -> str:
+    """The console line of one written artifact."""
+    verdict = "ok" if result.passed else "FAILED"
+    return f"[export] {file}: parity cosine min {result.cos_min:.6f} (>= {result.threshold}: {verdict})"
 
 
 CARD_FORMATS = ("tflite", "onnx", "tensorrt")

@@ -6,13 +6,14 @@ sample), because that model, not the fp32 student, is what the INT8 files are me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from torch import nn
 
-from deploy.artifacts import Artifact, ParityError
+from deploy.artifacts import Artifact, ParityError, parity_line
 from deploy.onnx_qdq import export_qdq_onnx
 from deploy.parity import PARITY_MIN_COSINE, check_parity
 from deploy.runtimes import TorchEmbedder, load_embedder
@@ -34,6 +35,7 @@ def export_int8_artifacts(
     source: str = "qat",
     allow_parity_failure: bool = False,
     pixels: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> list[Artifact]:
     """Write ``<stem>_int8.onnx`` and/or ``<stem>_int8.tflite`` (``formats``: "onnx", "tflite").
 
@@ -92,6 +94,7 @@ def export_int8_artifacts(
         )
         if not result.passed:
             failures.append(f"{file}: cosine min {result.cos_min:.6f} < {result.threshold}")
+        log(parity_line(file, result))
     if failures and not allow_parity_failure:
         raise ParityError("parity check failed: " + "; ".join(failures))
     return artifacts

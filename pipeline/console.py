@@ -24,6 +24,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+LITERT_PROGRESS_ENV = "LITERT_TORCH_SHOW_PROGRESS"  # litert_torch/_config.py reads it at every print
+
 
 def _own_descriptor(stream: object, fd: int) -> bool:
     try:
@@ -63,6 +65,10 @@ def _capture(log_path: Path, redirect: bool) -> Iterator[Path]:
 
         saved_showwarning = warnings.showwarning
         warnings.showwarning = to_log
+        # litert-torch prints its converter steps ([START]/[DONE] with temporary paths) through a rich
+        # console on our stdout; its own switch turns them off (the stage prints one line per file)
+        saved_litert = os.environ.get(LITERT_PROGRESS_ENV)
+        os.environ[LITERT_PROGRESS_ENV] = "n"
         saved_streams = (sys.stdout, sys.stderr)
         saved_fds: tuple[int, int] | None = None
         try:
@@ -88,3 +94,7 @@ def _capture(log_path: Path, redirect: bool) -> Iterator[Path]:
                 sys.stdout, sys.stderr = saved_streams
             warnings.showwarning = saved_showwarning
             root.removeHandler(handler)
+            if saved_litert is None:
+                os.environ.pop(LITERT_PROGRESS_ENV, None)
+            else:
+                os.environ[LITERT_PROGRESS_ENV] = saved_litert

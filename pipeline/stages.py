@@ -426,6 +426,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
             opset=e.opset,
             allow_parity_failure=ctx.allow_parity_failure,
             pixels=_pixels(ctx),
+            log=ctx.log,
         )
         int8 = [fmt for fmt, precision in wanted if precision == "int8"]
         if int8 and qat_enabled(ctx):
@@ -513,6 +514,7 @@ def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, va
         tflite_io=e.tflite_int8_io,
         allow_parity_failure=ctx.allow_parity_failure,
         pixels=_pixels(ctx),
+        log=ctx.log,
     )
 
 

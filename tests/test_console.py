@@ -80,3 +80,20 @@ def test_a_stage_that_fails_quietly_leaves_no_log_either(tmp_path):
     with pytest.raises(ValueError), third_party_to_log(tmp_path / "logs" / "data.log"):
         raise ValueError("bad input")
     assert not (tmp_path / "logs").exists()
+
+
+def test_litert_torch_progress_is_off_inside_a_stage_and_back_after(monkeypatch, tmp_path):
+    """The switch is litert-torch's own variable (read at every print): a rename would fail here."""
+    import os
+
+    from litert_torch import progress
+
+    from pipeline.console import LITERT_PROGRESS_ENV, third_party_to_log
+
+    monkeypatch.delenv(LITERT_PROGRESS_ENV, raising=False)
+    assert progress.config.show_progress is True
+    with third_party_to_log(tmp_path / "logs" / "export.log"):
+        assert progress.config.show_progress is False
+    assert progress.config.show_progress is True and LITERT_PROGRESS_ENV not in os.environ
+    with third_party_to_log(tmp_path / "logs" / "export.log", verbose=True):
+        assert progress.config.show_progress is True  # --verbose: the converter's own lines
