@@ -65,22 +65,25 @@ class GoldenCheck:
     tolerance: float
     cosines: list[float]
     where: str  # where the check ran (host-cpu, the device's label)
+    cause: str = ""  # on a mismatch: the feeding mistake that reproduces it, when one does
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "passed": self.passed,
             "min_cosine": round(self.min_cosine, 6),
             "tolerance": self.tolerance,
             "crops": len(self.cosines),
             "where": self.where,
         }
+        return {**out, "likely_cause": self.cause} if self.cause else out
 
     def summary(self) -> str:
         verdict = "match" if self.passed else "DO NOT MATCH"
-        return (
+        text = (
             f"golden vectors {verdict} on {self.where}: lowest cosine {self.min_cosine:.6f} over "
             f"{len(self.cosines)} crops (tolerance {self.tolerance})"
         )
+        return text + (f"; likely cause: {self.cause}" if self.cause else "")
 
 
 def write_golden(
@@ -162,6 +165,32 @@ def compare_golden(recorded: np.ndarray, got: np.ndarray, tolerance: float, wher
     cos = np.einsum("ij,ij->i", a, b) / np.where(norms == 0, 1.0, norms)
     lowest = float(np.min(cos)) if cos.size else float("nan")
     return GoldenCheck(bool(cos.size and np.all(cos >= tolerance)), lowest, tolerance, cos.tolist(), where)
+
+
+# what a wrong feeding looks like: the golden crops as a mis-written pipeline would hand them to the model
+LIKELY_CAUSES = {
+    "R and B swapped (BGR fed as RGB)": lambda c: model_input(np.ascontiguousarray(c[..., ::-1])),
+    "pixels scaled to 0..1 instead of (x - 127.5) / 127.5": lambda c: (
+        c.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    ),
+    "raw 0..255 pixels fed without normalisation": lambda c: c.transpose(0, 3, 1, 2).astype(np.float32),
+    "the image mirrored left to right": lambda c: model_input(np.ascontiguousarray(c[:, :, ::-1])),
+}
+
+
+def likely_cause(model_path: str | os.PathLike, crops: np.ndarray, got: np.ndarray, tolerance: float) -> str:
+    """Which common feeding mistake reproduces ``got`` when this host runs the file that way ("" if none)."""
+    from deploy.runtimes import load_embedder
+
+    embedder = load_embedder(model_path, num_threads=1)
+    for cause, feed in LIKELY_CAUSES.items():
+        try:
+            wrong = embedder.embed(np.ascontiguousarray(feed(crops), dtype=np.float32))
+        except Exception:  # a variant the runtime cannot take is not the answer
+            continue
+        if compare_golden(wrong, got, tolerance, "").passed:
+            return cause
+    return ""
 
 
 def verify_file(

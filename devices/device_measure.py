@@ -214,7 +214,13 @@ def _golden_on_device(runner: Runner, path: Path, notes: list[str]) -> Any:
     except AccuracyUnavailable as exc:
         notes.append(f"golden vectors not checked on the device: {exc}")
         return None
-    return compare_golden(recorded, got, float(meta.get("min_cosine", 0.99)), runner.label)
+    check = compare_golden(recorded, got, float(meta.get("min_cosine", 0.99)), runner.label)
+    if not check.passed:
+        from deploy.golden import likely_cause
+
+        cause = likely_cause(path, crops, got, check.tolerance)
+        check.cause = cause or "none of the usual feeding mistakes reproduces it: a different file or build?"
+    return check
 
 
 def estimate_row(

@@ -154,3 +154,30 @@ def test_real_aligned_photos_as_golden_crops(tmp_path):
     emb = load_embedder(path).embed(model_input(real))
     write_golden(path, real, names, emb, precision="fp32", sha256=sha256_of(path), source=str(REAL_PHOTOS))
     assert verify_file(path).passed
+
+
+@pytest.mark.parametrize(
+    "mistake, cause",
+    [
+        (lambda x: x[:, ::-1].copy(), "R and B swapped"),  # the device's pipeline hands BGR
+        (lambda x: (x * 127.5 + 127.5) / 255.0, "scaled to 0..1"),  # ... or x / 255
+    ],
+)
+def test_a_device_fed_wrongly_is_named_with_the_likely_cause(shipped, tmp_path, mistake, cause):
+    from devices.device_measure import measure_on_device
+    from devices.runners.local import LocalRunner
+
+    model = copy_of(shipped, tmp_path)
+
+    class WrongPreprocessing(LocalRunner):
+        def run_accuracy(self, images):
+            return super().run_accuracy(mistake(np.asarray(images, np.float32)))
+
+    images = crops(20, seed=4)
+    sets = [VerificationSet("v", images, np.arange(10) % 2 == 0)]
+    artifact = {"name": "m", "format": "onnx", "precision": "fp32", "sha256": sha256_of(model)}
+    row = measure_on_device(
+        WrongPreprocessing("phone", threads=1), artifact, model, sets, {"warmup": 1, "runs": 2}
+    )
+    assert row.accuracy is None and cause in row.details["golden"]["likely_cause"]
+    assert f"likely cause: {row.details['golden']['likely_cause']}" in row.notes[0]
