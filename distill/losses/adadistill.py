@@ -21,13 +21,12 @@ and are updated only in training mode, so evaluation leaves them as they are.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from distill.losses.base import LossDims, LossInputs, LossTerm, Projector
 from distill.losses.gather import all_gather_no_grad
+from distill.models.heads import margin_target
 
 ALPHA_FLOOR = 1e-6
 
@@ -77,14 +76,6 @@ class AdaDistillLoss(LossTerm):
             alphas[i] = alpha
         self.last_alpha = alphas
 
-    def _target(self, cos: torch.Tensor) -> torch.Tensor:
-        if self.kind == "cosface":
-            return cos - self.margin
-        sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-        with_margin = cos * math.cos(self.margin) - sin * math.sin(self.margin)
-        th, mm = math.cos(math.pi - self.margin), math.sin(math.pi - self.margin) * self.margin
-        return torch.where(cos > th, with_margin, cos - mm)
-
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         if inputs.teacher is None:
             raise ValueError("adadistill needs the teacher embeddings (LossInputs.teacher)")
@@ -96,5 +87,7 @@ class AdaDistillLoss(LossTerm):
             )
         cos = (F.normalize(s, dim=1) @ F.normalize(self.centres.to(s.dtype), dim=1).t()).clamp(-1.0, 1.0)
         index = labels.unsqueeze(1)
-        logits = cos.scatter(1, index, self._target(cos.gather(1, index))) * self.scale
+        logits = (
+            cos.scatter(1, index, margin_target(self.kind, cos.gather(1, index), self.margin)) * self.scale
+        )
         return F.cross_entropy(logits, labels)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.gather import all_gather_no_grad, distributed_world
+from distill.models.heads import margin_target
 
 
 def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -131,14 +132,6 @@ class ShardedMarginSoftmax(nn.Module):
         self.weight = nn.Parameter(torch.empty(self.end - self.start, embedding_dim).normal_(0.0, 0.01))
         self.last_sampled: torch.Tensor | None = None  # the global class ids used by the last step
 
-    def _target_logit(self, cos: torch.Tensor) -> torch.Tensor:
-        if self.kind == "cosface":
-            return cos - self.margin
-        sin = torch.sqrt((1.0 - cos * cos).clamp_min(1e-12))
-        with_margin = cos * math.cos(self.margin) - sin * math.sin(self.margin)
-        th, mm = math.cos(math.pi - self.margin), math.sin(math.pi - self.margin) * self.margin
-        return torch.where(cos > th, with_margin, cos - mm)  # insightface's non-easy-margin branch
-
     def _columns(self, labels: torch.Tensor) -> torch.Tensor:
         """This rank's centre rows to use: all, or the batch's positives plus sampled negatives."""
         n = self.end - self.start
@@ -168,5 +161,7 @@ class ShardedMarginSoftmax(nn.Module):
         target[owned] = torch.searchsorted(cols, labels[owned] - self.start)
         rows = torch.nonzero(owned).flatten()
         if rows.numel():
-            cos = cos.index_put((rows, target[rows]), self._target_logit(cos[rows, target[rows]]))
+            cos = cos.index_put(
+                (rows, target[rows]), margin_target(self.kind, cos[rows, target[rows]], self.margin)
+            )
         return _ShardedCrossEntropy.apply(cos * self.scale, target)

@@ -14,6 +14,21 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def arcface_target(cos_target: torch.Tensor, margin: float) -> torch.Tensor:
+    """ArcFace's target logit ``cos(theta + m)`` with insightface's non-easy-margin fallback (see
+    :class:`ArcFaceHead`); every ArcFace-style term (sharded head, AdaDistill) uses this one."""
+    # clamp keeps the sqrt derivative finite at cos = +-1.
+    sin_target = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(1e-12))
+    with_margin = cos_target * math.cos(margin) - sin_target * math.sin(margin)
+    th, mm = math.cos(math.pi - margin), math.sin(math.pi - margin) * margin
+    return torch.where(cos_target > th, with_margin, cos_target - mm)
+
+
+def margin_target(kind: str, cos_target: torch.Tensor, margin: float) -> torch.Tensor:
+    """The target logit of an ``arcface`` or ``cosface`` head (``cos - m``) before scaling."""
+    return arcface_target(cos_target, margin) if kind == "arcface" else cos_target - margin
+
+
 class _MarginHead(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, scale: float, margin: float) -> None:
         super().__init__()
@@ -67,16 +82,9 @@ class ArcFaceHead(_MarginHead):
         self, embedding_dim: int, num_classes: int, scale: float = 64.0, margin: float = 0.5
     ) -> None:
         super().__init__(embedding_dim, num_classes, scale, margin)
-        self.cos_m = math.cos(self.margin)
-        self.sin_m = math.sin(self.margin)
-        self.th = math.cos(math.pi - self.margin)
-        self.mm = math.sin(math.pi - self.margin) * self.margin
 
     def _target_logit(self, cos_target: torch.Tensor) -> torch.Tensor:
-        # clamp keeps the sqrt derivative finite at cos = +-1.
-        sin_target = torch.sqrt((1.0 - cos_target * cos_target).clamp_min(1e-12))
-        with_margin = cos_target * self.cos_m - sin_target * self.sin_m
-        return torch.where(cos_target > self.th, with_margin, cos_target - self.mm)
+        return arcface_target(cos_target, self.margin)
 
 
 class CosFaceHead(_MarginHead):
