@@ -54,12 +54,14 @@ def quantization_aware_distill(
     workers: int = 0,
     progress: bool = True,
     stop_after_step: int = 0,
+    evaluate_models: tuple[str, ...] = ("fp32", "ptq", "qat"),
 ) -> QatOutcome:
     """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``.
 
     Everything about the student (architecture, the loss terms stage one trained it with) is read from
     its checkpoint, not from another stage's settings; ``expected_arch`` and ``stage_one_losses`` only
-    override or check that for callers that have them.
+    override or check that for callers that have them. ``evaluate_models`` names the models evaluated on
+    ``val_sets`` at the end (the pipeline leaves out "fp32": the distill stage evaluated that file).
     """
     fp32, meta = load_model(student_path)
     if expected_arch is not None and meta["arch"] != expected_arch:
@@ -138,6 +140,8 @@ def quantization_aware_distill(
     if val_sets and current_dist().is_main:
         ptq, _ = load_quantized(ptq_path)
         for name, model in (("fp32", fp32), ("ptq", ptq), ("qat", qmodel)):
+            if name not in evaluate_models:
+                continue
             results = evaluate_sets(torch_embed_fn(model.eval()), val_sets, flip=flip_eval)
             metrics[name] = summary_metrics(results)
             evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed

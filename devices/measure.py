@@ -37,16 +37,22 @@ def host_accuracy(
     threads: int,
     flip: bool = True,
     name: str | None = None,
+    saved: tuple[dict[str, Any], str] | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """Accuracy fields of one artifact file, module or ready Embedder on this machine, and its Embedder.
 
-    The latency comes later, from :func:`add_host_latency`, interleaved with every other model measured.
+    ``saved``: (fields, who computed them) when an earlier stage already evaluated this very file the
+    same way; they are used as they are, not computed twice. The latency comes later, from
+    :func:`add_host_latency`, interleaved with every other model measured.
     """
     is_embedder = hasattr(source, "run_once") and hasattr(source, "latency_input")
     embedder = source if is_embedder else load_embedder(source, num_threads=threads, name=name)
-    sample = to_model_input(torch.from_numpy(np.ascontiguousarray(sets[0].images[:EVAL_TWIN_SAMPLE]))).numpy()
-    evaluator, how = evaluation_twin(embedder, sample)  # batch-1 files: a batched copy proven equal
-    row = accuracy_fields(evaluator, sets, flip)
+    if saved is not None:
+        row, how = dict(saved[0]), saved[1]
+    else:
+        sample = to_model_input(torch.from_numpy(np.ascontiguousarray(sets[0].images[:EVAL_TWIN_SAMPLE])))
+        evaluator, how = evaluation_twin(embedder, sample.numpy())  # batch-1 files: a batched copy
+        row = accuracy_fields(evaluator, sets, flip)
     row["accuracy_via"] = how
     row["measured_on"] = HOST_LABEL
     row["host"] = host_description()  # kept in the row's details

@@ -36,6 +36,58 @@ class Context:
     connection: DeviceConnection = field(default_factory=DeviceConnection)
 
 
+# ------------------------------------------------------------------------------- saved evaluations
+EVALUATION_FILE = "evaluation.json"
+
+
+def evaluate_and_record(
+    ctx: Context, work: Path, models: dict[str, tuple[Path, Any]], vals: list[Any], done: dict | None = None
+) -> dict[str, Any]:
+    """Evaluate each model once where it is made and save the verification fields beside it.
+
+    ``models`` maps a name to (the file the fields belong to, an embedding function); ``done`` holds
+    results a stage already computed (name -> ``evaluate_sets`` output). The file's sha256 goes with the
+    fields, so the measure stage uses them only for that very file, fed the same way (``measure.flip``).
+    """
+    from distill.engine.distributed import current_dist
+    from distill.evaluation import evaluate_sets, verification_fields
+    from pipeline.runfolder import sha256_file
+
+    if not current_dist().is_main:
+        return {}
+    done = dict(done or {})
+    fields, hashes = {}, {}
+    for name, (path, embed) in models.items():
+        if not vals:  # no verification set configured: nothing to evaluate
+            break
+        results = done.get(name) or evaluate_sets(embed, vals, flip=ctx.cfg.measure.flip)
+        fields[name] = verification_fields(results)
+        hashes[name] = sha256_file(path)
+    record = {"flip": ctx.cfg.measure.flip, "val_sets": [v.name for v in vals], "models": fields}
+    write_json(work / EVALUATION_FILE, {**record, "sha256": hashes})
+    return fields
+
+
+def saved_evaluation(
+    ctx: Context, stage: str, name: str, path: Path, vals: list[Any]
+) -> dict[str, Any] | None:
+    """The fields ``stage`` saved for ``name``, when they are of this file on these sets with this flip."""
+    from pipeline.runfolder import sha256_file
+
+    record = ctx.run.stage_dir(stage) / EVALUATION_FILE
+    if not record.is_file():
+        return None
+    saved = json.loads(record.read_text())
+    fields = (saved.get("models") or {}).get(name)
+    same_sets = saved.get("val_sets") in (None, [v.name for v in vals])  # None: a record from before
+    if fields is None or saved.get("flip") != ctx.cfg.measure.flip or not same_sets:
+        return None
+    recorded = (saved.get("sha256") or {}).get(name)
+    if recorded is None:  # a QAT record from before hashes were kept: its own files, in its own folder
+        return fields if stage == "qat" else None
+    return fields if recorded == sha256_file(path) else None
+
+
 # ---------------------------------------------------------------------------------------------- data
 def stage_data(ctx: Context) -> dict[str, Any]:
     d = ctx.cfg.data
@@ -181,7 +233,10 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
 
             info = {**teacher.descriptor(src), **summary_metrics(results)}
             write_json(work / "teacher.json", info)
-            return StageOutcome(["teacher.json"], info)
+            _, vals = load_data(ctx)
+            models = {"teacher": (src, lambda x: teacher.embed(x).numpy())}
+            evaluate_and_record(ctx, work, models, vals, done={"teacher": results})  # measure reads it
+            return StageOutcome(["teacher.json", EVALUATION_FILE], info)
     else:
         trained_fields = {k: v for k, v in asdict(t).items() if k not in ("input", "allow_chance")}
         # measure.flip decides how its evaluations fuse embeddings: part of what it writes
@@ -221,12 +276,25 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
                 **(summary.evaluations[-1] if summary.evaluations else {}),
             }
             write_json(work / "teacher.json", metrics)
-            return StageOutcome(["teacher.pt", "teacher.json", "history.json"], metrics)
+            _record_trained(ctx, work, "teacher", vals)
+            return StageOutcome(["teacher.pt", "teacher.json", "history.json", EVALUATION_FILE], metrics)
 
     trains = not (t.onnx or t.checkpoint)
     return ctx.run.run(
         "teacher", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=trains
     )
+
+
+def _record_trained(ctx: Context, work: Path, name: str, vals: list[Any]) -> None:
+    """Evaluate the checkpoint a training stage wrote (``<name>.pt``), once, for the measure stage."""
+    from distill.engine.distributed import current_dist
+    from distill.evaluation import torch_embed_fn
+    from distill.models.checkpoint import load_model
+
+    path = work / f"{name}.pt"
+    if path.is_file() and current_dist().is_main:  # rank 0 wrote it and evaluates it; the others wait
+        model = load_model(path)[0].eval()
+        evaluate_and_record(ctx, work, {name: (path, torch_embed_fn(model))}, vals)
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
@@ -329,7 +397,8 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
             **(summary.evaluations[-1] if summary.evaluations else {}),
         }
         write_json(work / "student.json", metrics)
-        return StageOutcome(["student.pt", "student.json", "history.json"], metrics)
+        _record_trained(ctx, work, "student", vals)
+        return StageOutcome(["student.pt", "student.json", "history.json", EVALUATION_FILE], metrics)
 
     return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
@@ -370,13 +439,24 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
             flip_eval=ctx.cfg.measure.flip,
             workers=ctx.cfg.data.workers,
             progress=ctx.progress,
+            evaluate_models=("ptq", "qat"),  # the fp32 student: the distill stage's evaluation.json
         )
         # what export needs to re-calibrate the INT8 .tflite the same way, so it never reads qat settings
         calibration = {"images": q.calibration_images, "seed": q.train.seed}
         metrics = {"enabled": True, "calibration": calibration, **outcome.metrics}
         write_json(work / "qat.json", metrics)
-        write_json(work / "evaluation.json", {"flip": ctx.cfg.measure.flip, "models": outcome.evaluation})
-        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json", "evaluation.json"], metrics)
+        from pipeline.runfolder import sha256_file
+
+        write_json(
+            work / EVALUATION_FILE,
+            {
+                "flip": ctx.cfg.measure.flip,
+                "val_sets": [v.name for v in vals],
+                "models": outcome.evaluation,
+                "sha256": {name: sha256_file(work / f"{name}.pt") for name in outcome.evaluation},
+            },
+        )
+        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json", EVALUATION_FILE], metrics)
 
     return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
@@ -589,7 +669,13 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             if src is None:
                 continue
             fmt = "onnx" if src.suffix.lower() == ".onnx" else "pytorch"
-            fields, embedder = host_accuracy(model, vals, threads=m.threads, flip=m.flip, name=role)
+            stage = "teacher" if role == "teacher" else "distill"
+            fields = saved_evaluation(ctx, stage, role, src, vals)
+            how = f"the {stage} stage's evaluation of this file (sha256 checked)"
+            saved = (fields, how) if fields else None
+            fields, embedder = host_accuracy(
+                model, vals, threads=m.threads, flip=m.flip, name=role, saved=saved
+            )
             row = ResultRow.from_dict(
                 {
                     "name": f"{role}-{fmt}-fp32",
@@ -763,12 +849,12 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
     from devices.rows import ResultRow
     from pipeline.runfolder import sha256_file
 
-    saved = _qat_evaluation(ctx)
     rows = []
     for stage in ("ptq", "qat"):
         path = ctx.run.stage_dir("qat") / f"{stage}.pt"
-        if stage in saved:  # the QAT stage evaluated this very file the same way: not computed twice
-            fields = saved[stage]
+        saved = saved_evaluation(ctx, "qat", stage, path, vals)  # QAT evaluated this very file already
+        if saved is not None:
+            fields = saved
         else:
             embedder = load_embedder(path, num_threads=ctx.cfg.measure.threads, name=stage)
             fields = accuracy_fields(embedder, vals, ctx.cfg.measure.flip)
@@ -792,15 +878,6 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
             )
         )
     return rows
-
-
-def _qat_evaluation(ctx: Context) -> dict[str, Any]:
-    """The verification fields QAT computed for its models (empty for a run folder from before)."""
-    path = ctx.run.stage_dir("qat") / "evaluation.json"
-    if not path.is_file():
-        return {}
-    saved = json.loads(path.read_text())
-    return (saved.get("models") or {}) if saved.get("flip") == ctx.cfg.measure.flip else {}
 
 
 def _teacher_source(ctx: Context) -> tuple[str, Path]:

@@ -93,6 +93,47 @@ def test_evaluate_command_matches_the_measured_row(host_run, capsys):
     assert info["pairs"] == got["pairs"]
 
 
+def test_reference_rows_come_from_their_stages_evaluation_of_the_same_file(host_run, capsys):
+    """The teacher and student are evaluated once, where they are made; measure reuses those fields."""
+    rows = json.loads((host_run / "results.json").read_text())["rows"]
+    val = host_run / "data" / "synth_val.bin"
+    for role, stage in (("teacher", "teacher"), ("student", "distill")):
+        row = next(r for r in rows if r["role"] == role)
+        assert row["accuracy_via"] == f"the {stage} stage's evaluation of this file (sha256 checked)"
+        saved = json.loads((host_run / stage / "evaluation.json").read_text())
+        assert saved["sha256"][role] == sha256_file(Path(row["path"])) == row["sha256"]
+        assert saved["models"][role]["accuracy"] == row["accuracy"]
+        # a second path to the same number: the evaluate command on the checkpoint, computed now
+        assert main(["evaluate", "--model", row["path"], "--data", str(val), "--json"]) == 0
+        got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert got["accuracy"] == pytest.approx(row["accuracy"])
+
+
+def test_saved_evaluation_is_used_only_for_the_same_file_sets_and_flip(tmp_path):
+    from pipeline.config import Config
+    from pipeline.runfolder import RunFolder
+    from pipeline.stages import EVALUATION_FILE, Context, saved_evaluation
+
+    ctx = Context(run=RunFolder(tmp_path), cfg=Config())
+    (tmp_path / "distill").mkdir()
+    model = tmp_path / "distill" / "student.pt"
+    model.write_bytes(b"weights")
+    vals = [type("Set", (), {"name": "lfw"})()]
+    fields = {"accuracy": 0.9}
+    record = {"flip": ctx.cfg.measure.flip, "val_sets": ["lfw"], "models": {"student": fields}}
+    (tmp_path / "distill" / EVALUATION_FILE).write_text(
+        json.dumps({**record, "sha256": {"student": sha256_file(model)}})
+    )
+    assert saved_evaluation(ctx, "distill", "student", model, vals) == fields
+    assert saved_evaluation(ctx, "distill", "teacher", model, vals) is None  # not evaluated there
+    assert saved_evaluation(ctx, "distill", "student", model, [type("Set", (), {"name": "cfp"})()]) is None
+    ctx.cfg.measure.flip = not ctx.cfg.measure.flip
+    assert saved_evaluation(ctx, "distill", "student", model, vals) is None
+    ctx.cfg.measure.flip = not ctx.cfg.measure.flip
+    model.write_bytes(b"weightz")  # same size, other content: the fields are not this file's
+    assert saved_evaluation(ctx, "distill", "student", model, vals) is None
+
+
 def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys):
     from deploy.model_card import read_metadata
 
@@ -119,6 +160,12 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys
     fake_quant = {r["stage"]: r for r in rows if r["format"] == "pytorch" and r["precision"] == "int8"}
     assert set(fake_quant) == {"ptq", "qat"}
     assert all(r["accuracy"] is not None and r["latency_ms"] is None for r in fake_quant.values())
+    # computed once, by the QAT stage, for these very files (it leaves the fp32 student to distill's)
+    saved = json.loads((out / "qat" / "evaluation.json").read_text())
+    assert set(saved["models"]) == {"ptq", "qat"}
+    for stage, r in fake_quant.items():
+        assert r["accuracy"] == saved["models"][stage]["accuracy"]
+        assert saved["sha256"][stage] == sha256_file(out / "qat" / f"{stage}.pt")
     export = out / "export"
     artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]
     for a in artifacts:  # every Jetson ONNX comes with the script that builds its engine on the device
