@@ -119,6 +119,39 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -
     return [range(s, min(n, s + batch_size)) for s in range(rank * batch_size, n, step)]
 
 
+def cache_embed_fn(
+    teacher: Teacher, precision: str, first_batch: torch.Tensor, min_cosine: float
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
+    """The embedding function the cache uses, and what was chosen and why.
+
+    bf16 autocast (``precision`` "bf16", or "auto" on hardware that runs it natively) is taken only for
+    a PyTorch teacher and only when, on ``first_batch`` and its mirror, every embedding keeps a cosine of
+    at least ``min_cosine`` to fp32: distillation targets a hair off fp32 teach the same, wrong ones not.
+    """
+    from distill.data.transforms import hflip_nchw
+    from distill.engine.device import native_bf16
+
+    if precision == "fp32" or teacher.module is None:
+        why = "as asked" if precision == "fp32" else "the teacher is not a PyTorch model"
+        return teacher.embed, {"precision": "fp32", "why": why}
+    device = next(teacher.module.parameters()).device
+    if precision == "auto" and not native_bf16(device):
+        return teacher.embed, {"precision": "fp32", "why": f"no native bf16 on {device.type}"}
+
+    def embed_bf16(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return teacher.embed(x)
+
+    x = torch.cat([first_batch, hflip_nchw(first_batch)])
+    cos = torch.nn.functional.cosine_similarity(embed_bf16(x).double(), teacher.embed(x).double(), dim=1)
+    worst = float(cos.min())
+    checked = {"min_cosine_to_fp32": round(worst, 6), "checked_images": int(x.shape[0])}
+    if worst < min_cosine:
+        why = f"bf16 embeddings of the first batch reach cosine {worst:.5f} to fp32, below {min_cosine}"
+        return teacher.embed, {"precision": "fp32", "why": why, **checked}
+    return embed_bf16, {"precision": "bf16", "why": f"bf16 autocast on {device.type}", **checked}
+
+
 def cache_teacher_embeddings(
     teacher: Teacher,
     dataset: Any,
@@ -126,13 +159,16 @@ def cache_teacher_embeddings(
     batch_size: int = 64,
     progress: bool = True,
     dist_info: DistInfo | None = None,
-) -> tuple[Path, Path]:
+    precision: str = "fp32",
+    min_cosine: float = 0.999,
+) -> dict[str, Any]:
     """Embed every training image and its mirror once; write ``plain.npy``/``flipped.npy`` atomically.
 
     The arrays are read back memory-mapped by the training loop, so a teacher costs one forward pass
     per image per run instead of one per step. Under torchrun every rank embeds its share of the batches
     (``shard_batches``) straight into the one shared memory-mapped file; rank 0 creates it before and
-    publishes it (fsync + rename) after, so a crash never leaves a cache that looks complete.
+    publishes it (fsync + rename) after, so a crash never leaves a cache that looks complete. Returns
+    the precision chosen (:func:`cache_embed_fn`, decided on the first batch) with its reason.
     """
     from tqdm import tqdm
 
@@ -149,11 +185,15 @@ def cache_teacher_embeddings(
     barrier(info)
     plain, flipped = (np.load(p, mmap_mode="r+") for p in partial)
     shard = shard_batches(n, batch_size, info.rank, info.world_size)
+    embed, chosen = teacher.embed, {"precision": "fp32", "why": "no images"}
+    if n:  # every rank decides the same, on the same first batch
+        first = to_model_input(np.stack([dataset[i][0] for i in range(min(n, batch_size))]))
+        embed, chosen = cache_embed_fn(teacher, precision, first, min_cosine)
     for idx in tqdm(shard, desc="teacher embeddings", unit="batch", disable=not (progress and info.is_main)):
         images = np.stack([dataset[i][0] for i in idx])
         x = to_model_input(images)
-        plain[idx.start : idx.stop] = teacher.embed(x).numpy()
-        flipped[idx.start : idx.stop] = teacher.embed(hflip_nchw(x)).numpy()
+        plain[idx.start : idx.stop] = embed(x).numpy()
+        flipped[idx.start : idx.stop] = embed(hflip_nchw(x)).numpy()
     plain.flush()
     flipped.flush()
     del plain, flipped
@@ -162,7 +202,7 @@ def cache_teacher_embeddings(
         for tmp, final in zip(partial, paths, strict=True):
             publish(tmp, final)
     barrier(info)
-    return paths
+    return chosen
 
 
 def open_teacher_cache(out_dir: Path) -> tuple[np.ndarray, np.ndarray]:

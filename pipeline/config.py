@@ -15,6 +15,7 @@ from compress.config import QatConfig, validate_qat
 from deploy.config import ExportConfig, validate_export
 from devices.config import MeasureConfig, validate_measure
 from distill.config import (
+    CacheConfig,
     DataConfig,
     DistillConfig,
     TeacherConfig,
@@ -22,6 +23,7 @@ from distill.config import (
     from_dict,
     read_config_file,
     to_dict,
+    validate_cache,
     validate_stage_one,
 )
 from distill.data.synth import TINY as SYNTH_TINY
@@ -32,6 +34,7 @@ from distill.errors import InputError
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     qat: QatConfig = field(default_factory=QatConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -136,6 +139,7 @@ def config_from_layers(preset: str, layers: list[dict[str, Any]]) -> Config:
 def validate(cfg: Config) -> None:
     """Checks that need more than types (ranges, choices); raises InputError naming the key."""
     validate_stage_one(cfg.data, cfg.teacher, cfg.distill)
+    validate_cache(cfg.cache)
     validate_qat(cfg.qat)
     validate_export(cfg.export)
     validate_measure(cfg.measure)

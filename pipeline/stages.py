@@ -340,7 +340,8 @@ def _upstream(ctx: Context, *stages: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- cache
 def stage_cache(ctx: Context) -> dict[str, Any]:
     """Teacher embeddings of every training image (plain and mirrored), computed once per data+teacher."""
-    key = {**_upstream(ctx, "data", "teacher")}
+    c = ctx.cfg.cache
+    key = {"cache_cfg": config_hash(c), **_upstream(ctx, "data", "teacher")}
 
     def fn(work: Path) -> StageOutcome:
         from distill.engine.distributed import current_dist
@@ -349,10 +350,25 @@ def stage_cache(ctx: Context) -> dict[str, Any]:
         train, _ = load_data(ctx)
         teacher = open_teacher(ctx)
         dist_info = current_dist()
-        cache_teacher_embeddings(
-            teacher, train, work, batch_size=64, progress=ctx.progress, dist_info=dist_info
+        chosen = cache_teacher_embeddings(
+            teacher,
+            train,
+            work,
+            batch_size=c.batch_size,
+            progress=ctx.progress,
+            dist_info=dist_info,
+            precision=c.precision,
+            min_cosine=c.min_cosine,
         )
-        metrics = {"images": len(train), "dim": teacher.embedding_dim, "ranks": dist_info.world_size}
+        agree = chosen.get("min_cosine_to_fp32")
+        agree = f", first batch within cosine {agree:.5f} of fp32" if agree is not None else ""
+        ctx.log(f"[cache] teacher in {chosen['precision']} ({chosen['why']}{agree})")
+        metrics = {
+            "images": len(train),
+            "dim": teacher.embedding_dim,
+            "ranks": dist_info.world_size,
+            **chosen,
+        }
         return StageOutcome(["plain.npy", "flipped.npy"], metrics)
 
     # collective: under torchrun every rank embeds its share of the images (one GPU each)

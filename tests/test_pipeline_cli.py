@@ -54,6 +54,9 @@ def test_all_writes_results_for_every_artifact(host_run):
     assert manifest["stages"]["qat"]["metrics"] == {"enabled": False}  # the tiny preset skips stage two
     assert (host_run / "report.html").is_file()
     assert manifest["stages"]["distill"]["metrics"]["images_per_second"] > 0
+    cache = manifest["stages"]["cache"]["metrics"]  # bf16 only where it runs natively and agrees with fp32
+    assert cache["precision"] in ("fp32", "bf16") and cache["why"]
+    assert cache["precision"] == "fp32" or cache["min_cosine_to_fp32"] >= 0.999
     assert not list(host_run.glob(".*.work"))  # nothing half-finished left behind
     for est in json.loads((host_run / "results.json").read_text())["estimator_error_on_host"]:
         assert Path(est["onnx"]).is_file(), est["onnx"]  # not a path into the removed work folder

@@ -62,3 +62,88 @@ def test_crash_leaves_no_cache_that_looks_complete(tmp_path):
     with pytest.raises(RuntimeError):
         cache_teacher_embeddings(teacher, Faces(), tmp_path, batch_size=4, progress=False)
     assert not (tmp_path / "plain.npy").exists() and not (tmp_path / "flipped.npy").exists()
+
+
+def _pytorch_teacher(model: torch.nn.Module, dim: int) -> Teacher:
+    model.eval()
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x).float()
+
+    return Teacher(embed=embed, embedding_dim=dim, source="checkpoint:test", module=model)
+
+
+def test_native_bf16_reads_the_cpu_flags():
+    from distill.engine.device import native_bf16
+
+    cpu = torch.device("cpu")
+    assert native_bf16(cpu, "processor: 0\nflags\t\t: fpu sse2 avx512f amx_bf16 amx_tile\n")
+    assert native_bf16(cpu, "flags : fpu avx512_bf16\n")
+    assert not native_bf16(cpu, "flags : fpu sse2 avx2 avx512f\n")  # bf16 would be emulated: slower
+    assert not native_bf16(cpu, "")
+
+
+def test_bf16_cache_stays_within_its_cosine_of_fp32(tmp_path):
+    from distill.models.iresnet import iresnet18
+
+    torch.manual_seed(0)
+    teacher = _pytorch_teacher(iresnet18(embedding_dim=64, base_width=16), 64)
+    faces = Faces(12)
+    chosen = cache_teacher_embeddings(
+        teacher, faces, tmp_path, batch_size=4, progress=False, precision="bf16", min_cosine=0.99
+    )
+    assert chosen["precision"] == "bf16" and chosen["checked_images"] == 8  # 4 images and their mirrors
+    plain, flipped = open_teacher_cache(tmp_path)
+    # the second way: fp32 embeddings computed here, without the cache
+    x = torch.from_numpy((faces.images.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2)
+    for cached, ref in ((plain, teacher.embed(x)), (flipped, teacher.embed(torch.flip(x, dims=[3])))):
+        cos = torch.nn.functional.cosine_similarity(torch.from_numpy(np.array(cached)), ref, dim=1)
+        assert cos.min() >= 0.99
+        assert not np.allclose(np.array(cached), ref.numpy(), rtol=0, atol=1e-6)  # really bf16
+    fp32_dir = tmp_path / "fp32"
+    assert (
+        cache_teacher_embeddings(teacher, faces, fp32_dir, batch_size=4, progress=False)["precision"]
+        == "fp32"
+    )
+    np.testing.assert_allclose(open_teacher_cache(fp32_dir)[0], teacher.embed(x).numpy(), atol=1e-5)
+
+
+class OffsetCancel(torch.nn.Module):
+    """Small features riding on a large offset that a second layer removes: bf16 keeps ~3 digits of 300,
+    so the features are lost in bf16 and intact in fp32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.up = torch.nn.Linear(3, 8)
+        self.down = torch.nn.Linear(8, 8)
+        with torch.no_grad():
+            self.up.weight.copy_(torch.randn(8, 3) * 0.1)
+            self.up.bias.fill_(300.0)
+            self.down.weight.copy_(torch.eye(8))
+            self.down.bias.fill_(-300.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.up(self.pool(x).flatten(1)))
+
+
+def test_bf16_that_changes_the_embeddings_falls_back_to_fp32(tmp_path):
+    torch.manual_seed(0)
+    teacher = _pytorch_teacher(OffsetCancel(), 8)
+    faces = Faces(6)
+    chosen = cache_teacher_embeddings(
+        teacher, faces, tmp_path, batch_size=4, progress=False, precision="bf16", min_cosine=0.999
+    )
+    assert chosen["precision"] == "fp32" and chosen["min_cosine_to_fp32"] < 0.999
+    assert "below 0.999" in chosen["why"]
+    x = torch.from_numpy((faces.images.astype(np.float32) - 127.5) / 127.5).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(open_teacher_cache(tmp_path)[0], teacher.embed(x).numpy(), atol=1e-5)
+
+
+def test_teacher_without_a_pytorch_module_stays_fp32(tmp_path):
+    teacher = Teacher(embed=left_half_mean, embedding_dim=3, source="onnx:test")
+    chosen = cache_teacher_embeddings(
+        teacher, Faces(), tmp_path, batch_size=4, progress=False, precision="auto"
+    )
+    assert chosen == {"precision": "fp32", "why": "the teacher is not a PyTorch model"}

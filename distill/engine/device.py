@@ -29,6 +29,31 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # CPU features oneDNN runs bf16 convolutions natively with
+
+
+def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
+    """Whether ``device`` runs bf16 natively: a CUDA GPU that supports it, or a CPU with AMX/AVX512-BF16.
+
+    Elsewhere bf16 is emulated and slower than fp32. ``cpuinfo`` (the text of /proc/cpuinfo) is read
+    when not given; where it does not exist (not Linux) the answer is no.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []
+    )
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
 @contextlib.contextmanager
 def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     if dtype is None:
