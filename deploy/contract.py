@@ -88,7 +88,7 @@ RUNTIMES: dict[str, Runtime] = {
             OpRule(
                 "PRELU",
                 "warn",
-                "int8 PRELU is not delegated: the graph splits (34 partitions, 4.5x slower)",
+                "int8 PRELU is not delegated: the graph splits (MobileFaceNet: 34 partitions, 4.5x slower)",
                 SPIKE,
                 True,
             ),
