@@ -127,6 +127,7 @@ def measure_rows(
     connect: Callable[[], Any] | None = None,
     estimate_graphs: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _: None,
+    delegate: str = "xnnpack",
 ) -> list[ResultRow]:
     """One row per artifact x target: the host always; the chosen device target as well.
 
@@ -137,6 +138,10 @@ def measure_rows(
     connected; otherwise it carries the host's accuracy and, where the catalogue ``device`` has the
     figures, a latency estimate labelled as such. ``estimate_graphs`` maps an artifact's source stage to
     an ONNX of the same model, for estimating formats that are not ONNX themselves.
+
+    Every .onnx/.tflite is first checked against its contract for ``target`` (``delegate`` on Android):
+    the result goes in each of its rows (``contract``); a violation is the rows' first note, as a golden
+    mismatch is (the numbers stay: they are those of the file, which is not what it says it is).
     """
     rows: list[ResultRow] = []
     for art in tqdm(artifacts, desc="measure", unit="artifact", disable=not progress):
@@ -151,6 +156,11 @@ def measure_rows(
             "parity": art.get("parity"),
             "stage": art.get("source", "distill"),
         }
+        contract = _contract(path, art, target, delegate, log)
+        if contract is not None:
+            base["contract"] = contract.to_dict()
+            if not contract.passed:
+                base["notes"] = [contract.summary()]
         if art["format"] not in HOST_RUNTIMES:
             note = f"{art['format']} artifacts are measured by the device runner"
             rows.append(
@@ -172,11 +182,25 @@ def measure_rows(
             settings = {"warmup": warmup, "runs": runs, "threads": threads, "flip": flip}
             on_device = measure_on_device(connect(), art, path, sets, settings)
             on_device.target = device.name if target == "host" else target
+            if contract is not None:
+                on_device.details["contract"] = contract.to_dict()
+                on_device.notes[:0] = [] if contract.passed else [contract.summary()]
             rows.append(on_device)
             log(f"[measure] {art['name']} on {on_device.measured_on}: {accuracy_line(on_device)}")
             continue
         rows.append(_estimated_row(host, target, device, path, art, threads, estimate_graphs or {}))
     return rows
+
+
+def _contract(path: Path, art: dict[str, Any], target: str, delegate: str, log: Callable[[str], None]) -> Any:
+    """The artifact's contract report for the target (None for formats it does not read), logged."""
+    if art["format"] not in HOST_RUNTIMES:
+        return None
+    from deploy.contract import check_model
+
+    report = check_model(path, target, delegate)
+    log(f"[measure] {art['name']}: {report.summary()}")
+    return report
 
 
 def _estimated_row(

@@ -22,6 +22,7 @@ examples:
   python -m pipeline data info data/synth/train.rec --json
   python -m pipeline evaluate --model runs/demo/export/student_fp32.tflite --data data/synth/synth_val.bin
   python -m pipeline verify --model runs/demo/export/student_int8.onnx   # against its golden vectors
+  python -m pipeline check --model runs/demo/export/student_fp16.tflite --target android --delegate gpu
 
 exit codes: 0 ok, 1 a check failed (parity, diverged training), 2 bad input.
 """
@@ -195,6 +196,37 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--golden", default=None, help="golden file [default: <model>.golden.json]")
     ver.add_argument("--threads", type=int, default=1, help="runtime threads [default: 1]")
     ver.add_argument("--json", action="store_true", help="print JSON")
+
+    from deploy.contract import DELEGATES, TARGETS
+
+    chk = sub.add_parser(
+        "check",
+        help="check a model file's contract (input, dynamic batch, output, precision, ops per runtime)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The checks insightface's model-zoo tooling applies before accepting an ONNX, on a "
+        ".onnx or .tflite: input name/shape/layout/dtype; a symbolic batch axis run at batch 1 and 2 "
+        "(must work and give the same rows); output (embedding) size; normalisation inside or outside the "
+        "model; the precision its card or name promises against the stored weights (fp16 weights in an "
+        "fp32 file); the ops the target's runtime or delegate cannot run (deploy/contract.py RUNTIMES, "
+        "each with its source). The measure stage runs it on every artifact.",
+        epilog="exit codes: 0 no violation (warnings allowed), 1 a violation, 2 bad input (no such file, "
+        "not a model).",
+    )
+    chk.add_argument("--model", required=True, help="the .onnx or .tflite to check")
+    chk.add_argument(
+        "--target",
+        default=None,
+        choices=list(TARGETS),
+        help="where it will run: host (onnxruntime / LiteRT XNNPACK), jetson (TensorRT), android (LiteRT "
+        "with --delegate) [default: none: every runtime's op table, as warnings]",
+    )
+    chk.add_argument(
+        "--delegate",
+        default="xnnpack",
+        choices=list(DELEGATES),
+        help="the LiteRT delegate for --target android [default: xnnpack]",
+    )
+    chk.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -234,6 +266,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _evaluate(args)
     if args.command == "verify":
         return _verify(args)
+    if args.command == "check":
+        return _check(args)
     import torch
 
     from compress.nncf_extension import configure_environment
@@ -371,6 +405,18 @@ def _verify(args: argparse.Namespace) -> int:
             if c < check.tolerance:
                 print(f"  crop {i}: cosine {c:.6f} < {check.tolerance}")
     return 0 if check.passed else 1
+
+
+def _check(args: argparse.Namespace) -> int:
+    from deploy.contract import check_model
+
+    report = check_model(args.model, args.target, args.delegate)
+    if args.json:
+        print(json.dumps({"model": str(args.model), **report.to_dict()}))
+    else:
+        print(f"{args.model}: {report.summary()}")
+        print(report.table())
+    return 0 if report.passed else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -126,6 +126,13 @@ def notes(rows: list[ResultRow]) -> list[str]:
             "latencies marked 'estimated' are not measurements (no device connected); "
             "the gate never accepts them"
         )
+    for r in rows:
+        contract = r.details.get("contract") or {}
+        if contract.get("passed") is False:
+            bad = "; ".join(
+                f["message"] for f in contract.get("findings", []) if f["severity"] == "violation"
+            )
+            out.append(f"{r.name} ({r.target}): model contract violated: {bad}")
     val = rows[0].val_set if rows else None
     not_computable = sorted({s for r in rows for s in (r.set_metrics(val).get("tar_not_computable") or [])})
     out += [f"TAR not computable: {s}" for s in not_computable]

@@ -728,6 +728,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             else None,
             estimate_graphs=graphs,
             log=ctx.log,
+            delegate=ctx.connection.delegate,
         )
         estimator = _estimator_queue(ctx, graphs)
         ctx.log(
