@@ -43,6 +43,8 @@ Every rule section is optional; each check below is one rule (one JUnit test cas
 - ``accuracy.above_pixel_floor: true``: accuracy > the accuracy of raw pixels compared by cosine on the
   same verification set (``results.floors``): a model that learned nothing cannot pass for one that works.
   ``baseline`` sets it for every row that was above that floor when the baseline was written.
+- ``contract`` (no baseline key): a gated row whose artifact measure checked against its contract
+  (``python -m pipeline check``: batch axis, precision, input, ops for the target) fails on any violation.
 
 Accuracy and TAR rules also require the run's row to have been measured on the row's ``measured_on``.
 A baseline row absent from the results fails every one of its rules (a row without rules gets a
@@ -96,7 +98,9 @@ class RuleResult:
     actual: str  # what the run has, formatted, or "missing"
     passed: bool
     message: str  # one line: what got worse and by how much, or why it could not be checked
-    kind: str = "ok"  # ok | regression | missing | not_computable | measured_elsewhere | row_missing
+    kind: str = (
+        "ok"  # ok | regression | missing | not_computable | measured_elsewhere | row_missing | contract
+    )
 
 
 @dataclass
@@ -498,6 +502,21 @@ class _RowGate:
                     )
                     self.add(metric, "increase", rule, expected, f"{actual:.3f} ms", False, msg, "regression")
 
+    def contract(self) -> None:
+        """A row whose artifact broke its contract (``pipeline check``, run by measure) fails the gate."""
+        found = (self.row.details.get("contract") if self.row is not None else None) or {}
+        if not found:
+            return
+        broken = [f for f in found.get("findings", []) if f.get("severity") == "violation"]
+        rule = f"model contract for {found.get('runtime') or found.get('target') or 'its target'}"
+        if not broken:
+            self.add("contract", "holds", rule, "no violation", "none", True, "ok", "ok")
+            return
+        msg = f"{self.label}: " + "; ".join(f"{f.get('check')}: {f.get('message')}" for f in broken)
+        self.add(
+            "contract", "holds", rule, "no violation", f"{len(broken)} violation(s)", False, msg, "contract"
+        )
+
     def presence(self) -> None:
         blocked = self.unavailable("row", same_place=False)
         msg = blocked[1] if blocked else "ok"
@@ -592,6 +611,7 @@ def gate(results: dict[str, Any], baseline: dict[str, Any]) -> GateReport:
         g.size()
         if len(report.rules) == before:  # a row without rules still has to be there
             g.presence()
+        g.contract()
     report.not_gated = [r.label(place=True) for r in rows if id(r) not in matched]
     if not baseline.get("val_sets"):
         report.notes.append(

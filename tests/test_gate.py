@@ -393,3 +393,23 @@ def test_binomial_allowance_follows_the_pair_count():
     base["accuracy"]["pairs"] = 0
     with pytest.raises(InputError, match="'binomial_k' needs 'reference' and 'pairs'"):
         gate(results(result_row()), baseline(base))
+
+
+def test_an_artifact_that_breaks_its_contract_fails_the_gate():
+    """measure stores `pipeline check`'s findings in the row; a violation is a gate failure of its own."""
+    ok = {"passed": True, "target": "host", "runtime": "onnxruntime", "findings": [
+        {"check": "batch", "severity": "ok", "message": "dynamic: batch 1 and 2 agree"}]}  # fmt: skip
+    report = gate(results(result_row(contract=ok)), baseline(base_row()))
+    assert report.passed and len(report.rules) == N_RULES + 1
+    broken = copy.deepcopy(ok)
+    broken["passed"] = False
+    broken["findings"].append(
+        {"check": "precision", "severity": "violation", "message": "fp16 weights in a file promised fp32"}
+    )
+    report = gate(results(result_row(contract=broken)), baseline(base_row()))
+    (fail,) = report.failures
+    assert fail.metric == "contract" and fail.kind == "contract" and exit_code(report) == 1
+    assert "precision: fp16 weights in a file promised fp32" in fail.message
+    assert "student-onnx-fp32 @ host" in fail.message
+    # a row without a contract (PyTorch rows, results from before) gets no contract rule
+    assert len(gate(results(result_row()), baseline(base_row())).rules) == N_RULES
