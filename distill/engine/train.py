@@ -87,6 +87,7 @@ class TrainSummary:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int = 0
     step_seconds: list[float] = field(default_factory=list)  # compute time of each step this call ran
+    step_totals: list[float] = field(default_factory=list)  # weighted total loss of each of those steps
 
 
 def total_steps(cfg: TrainConfig, num_samples: int) -> int:
@@ -258,6 +259,7 @@ def train(job: TrainJob) -> TrainSummary:
         _Batches(job.dataset), batch_sampler=sampler, num_workers=job.workers
     )
     step_seconds: list[float] = []
+    step_totals: list[float] = []
     last: dict[str, float] = {}
     bar = tqdm(
         total=steps,
@@ -311,6 +313,7 @@ def train(job: TrainJob) -> TrainSummary:
             step += 1
             last = {name: float(v) for name, v in zip(values, logged, strict=True)}
             last["total"] = sum(job.weights[name] * last[name] for name in values)
+            step_totals.append(last["total"])
             if step % 10 == 0 or step == steps:
                 history.append({"step": step, "lr": optimizer.param_groups[0]["lr"], **last})
                 for name, v in last.items():
@@ -343,6 +346,7 @@ def train(job: TrainJob) -> TrainSummary:
         evaluations=evaluations,
         resumed_from_step=start_step,
         step_seconds=step_seconds,
+        step_totals=step_totals,
     )
 
 
