@@ -58,7 +58,8 @@ def run(out_dir, kind="arcface", sharded=True, steps=3, stop_after=0):
     teacher = TeacherTargets(
         rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(40, 6)).astype(np.float32)
     )
-    terms = build_losses(loss_specs, LossDims(8, 6, CLASSES))
+    head = torch.randn(CLASSES, 6, generator=torch.Generator().manual_seed(3))  # a teacher's frozen centres
+    terms = build_losses(loss_specs, LossDims(8, 6, CLASSES, teacher_head=head))
     cfg = TrainConfig(
         epochs=10, batch_size=8, lr=0.05, max_steps=steps, checkpoint_every=1, seed=2, channels_last=False
     )
@@ -120,7 +121,7 @@ def _assert_same(got_model, got_losses, job):
         torch.testing.assert_close(got_losses[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+@pytest.mark.parametrize("kind", ["arcface", "cosface", "teacher_head"])
 def test_one_process_sharded_equals_full_head(tmp_path, kind):
     full, full_summary = run(tmp_path / "full", kind, sharded=False)
     part, part_summary = run(tmp_path / "part", kind, sharded=True)
@@ -131,7 +132,7 @@ def test_one_process_sharded_equals_full_head(tmp_path, kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+@pytest.mark.parametrize("kind", ["arcface", "cosface", "teacher_head"])
 def test_two_processes_sharded_equal_one_full_head(tmp_path, kind):
     single, summary = run(tmp_path / "single", kind, sharded=False)
     got = _spawn(tmp_path / "ddp", kind)
@@ -141,7 +142,7 @@ def test_two_processes_sharded_equal_one_full_head(tmp_path, kind):
     shards = sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").glob("head-*.pt"))
     assert shards == ["head-00000003-r0of2.pt", "head-00000003-r1of2.pt"]  # older steps pruned
     last = torch.load(tmp_path / "ddp" / "checkpoints" / "last.pt", weights_only=True)
-    assert not any("head" in k for k in last["losses"])  # per-rank rows live in the shard files only
+    assert not any(k.endswith(".head.weight") for k in last["losses"])  # rows: shard files only
 
 
 @pytest.mark.slow
@@ -189,6 +190,14 @@ def test_reshard_n_to_m_keeps_every_row(tmp_path, world, new_world):
         torch.testing.assert_close(term["momentum"], momentum[start:end], rtol=0, atol=0)
     rows = load_rows(tmp_path, 7, world, "a", 11, 2, 9)  # any row range, across file boundaries
     torch.testing.assert_close(rows.weight, weight[2:9], rtol=0, atol=0)
+
+
+def test_teacher_head_sharded_refuses_the_kl_term():
+    from distill.errors import InputError
+
+    dims = LossDims(8, 6, CLASSES, teacher_head=torch.randn(CLASSES, 6))
+    with pytest.raises(InputError, match="kl_weight"):
+        build_losses([LossSpec("teacher_head", 1.0, {"sharded": True, "kl_weight": 1.0})], dims)
 
 
 def test_sampling_needs_the_sharded_head():

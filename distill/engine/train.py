@@ -201,9 +201,10 @@ def train(job: TrainJob) -> TrainSummary:
     trainable: nn.Module = _Trainable(model, losses, (device, amp_dtype))
     head_params = {id(h.weight) for h in heads.values()}
     groups = _param_groups(trainable, job.no_decay, skip=head_params)
-    head_group = len(groups) if heads else None
-    if heads:
-        groups.append({"params": [h.weight for h in heads.values()]})
+    trained_heads = [h.weight for h in heads.values() if h.weight.requires_grad]  # frozen teacher heads: no
+    head_group = len(groups) if trained_heads else None
+    if trained_heads:
+        groups.append({"params": trained_heads})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 

@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.base import LossDims, LossInputs, LossTerm
-from distill.losses.gather import all_gather_no_grad
-from distill.losses.partial_fc import ShardedMarginSoftmax
+from distill.losses.partial_fc import ShardedMarginSoftmax, gather_full_weight, shard_of
 from distill.models.heads import ArcFaceHead, CosFaceHead
 
 _HEADS: dict[str, type[ArcFaceHead] | type[CosFaceHead]] = {"arcface": ArcFaceHead, "cosface": CosFaceHead}
@@ -49,21 +48,9 @@ class MarginLoss(LossTerm):
 
     def shard(self) -> ShardedMarginSoftmax:
         """Replace the full head by this rank's rows of it (call after the process group is up)."""
-        full = self.head
-        if isinstance(full, ShardedMarginSoftmax):
-            return full
-        part = ShardedMarginSoftmax(
-            full.embedding_dim,
-            full.num_classes,
-            kind=self.kind,
-            scale=full.scale,
-            margin=full.margin,
-            sample_rate=self.sample_rate,
-        ).to(full.weight.device)
-        with torch.no_grad():
-            part.weight.copy_(full.weight[part.start : part.end])
-        self.head = part
-        return part
+        if not isinstance(self.head, ShardedMarginSoftmax):
+            self.head = shard_of(self.head, self.kind, self.sample_rate)
+        return self.head
 
     def unshard(self) -> None:
         """Gather every rank's rows back into a full head (a collective: every rank calls it)."""
@@ -72,7 +59,7 @@ class MarginLoss(LossTerm):
             return
         full = _HEADS[self.kind](part.embedding_dim, part.num_classes, scale=part.scale, margin=part.margin)
         with torch.no_grad():
-            full.weight.copy_(all_gather_no_grad(part.weight.detach()).to(full.weight))
+            full.weight.copy_(gather_full_weight(part).to(full.weight))
         self.head = full.to(part.weight.device)
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:

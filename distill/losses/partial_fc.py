@@ -165,3 +165,25 @@ class ShardedMarginSoftmax(nn.Module):
                 (rows, target[rows]), margin_target(self.kind, cos[rows, target[rows]], self.margin)
             )
         return _ShardedCrossEntropy.apply(cos * self.scale, target)
+
+
+def shard_of(full: nn.Module, kind: str, sample_rate: float = 1.0) -> ShardedMarginSoftmax:
+    """This rank's rows of a full ArcFace/CosFace head (``weight`` C x D, ``scale``, ``margin``) as a
+    sharded head; a frozen head stays frozen. Call once the process group is up."""
+    part = ShardedMarginSoftmax(
+        full.embedding_dim,
+        full.num_classes,
+        kind=kind,
+        scale=full.scale,
+        margin=full.margin,
+        sample_rate=sample_rate,
+    ).to(full.weight.device)
+    with torch.no_grad():
+        part.weight.copy_(full.weight[part.start : part.end])
+    part.weight.requires_grad_(full.weight.requires_grad)
+    return part
+
+
+def gather_full_weight(part: ShardedMarginSoftmax) -> torch.Tensor:
+    """Every rank's rows concatenated into the full C x D centres (a collective: every rank calls it)."""
+    return all_gather_no_grad(part.weight.detach())
