@@ -16,6 +16,9 @@ reported, because this shared 2-core VM drifts by 10-20 % between minutes. Write
 ``benchmarks/results/partial_fc.{md,json}``.
 
     python benchmarks/partial_fc.py [--classes 10000 100000 1000000] [--batch 128] [--dim 128]
+
+One round takes about 15 minutes on this 2-core machine, almost all of it the 1 M runs (about 6 GiB of
+memory at most); ``--classes 10000 100000`` takes about two.
 """
 
 from __future__ import annotations
