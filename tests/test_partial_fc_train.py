@@ -19,11 +19,13 @@ from distill.losses import LossDims, build_losses
 from distill.losses.partial_fc import shard_range
 
 CLASSES = 5  # two ranks: shards of 3 and 2 classes
+KINDS = ["arcface", "cosface", "teacher_head", "margin_distillation"]
 
 
 def specs(kind: str, sharded: bool) -> list[LossSpec]:
     extra = {"sharded": True} if sharded else {}
-    return [LossSpec(kind, 1.0, {"scale": 16.0, "margin": 0.2, **extra}), LossSpec("feature_l2", 2.0)]
+    margin = {"margin_max": 0.4, "margin_min": 0.1} if kind == "margin_distillation" else {"margin": 0.2}
+    return [LossSpec(kind, 1.0, {"scale": 16.0, **margin, **extra}), LossSpec("feature_l2", 2.0)]
 
 
 class Faces:
@@ -121,7 +123,7 @@ def _assert_same(got_model, got_losses, job):
         torch.testing.assert_close(got_losses[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
-@pytest.mark.parametrize("kind", ["arcface", "cosface", "teacher_head"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_one_process_sharded_equals_full_head(tmp_path, kind):
     full, full_summary = run(tmp_path / "full", kind, sharded=False)
     part, part_summary = run(tmp_path / "part", kind, sharded=True)
@@ -132,7 +134,7 @@ def test_one_process_sharded_equals_full_head(tmp_path, kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["arcface", "cosface", "teacher_head"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_two_processes_sharded_equal_one_full_head(tmp_path, kind):
     single, summary = run(tmp_path / "single", kind, sharded=False)
     got = _spawn(tmp_path / "ddp", kind)
