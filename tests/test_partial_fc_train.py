@@ -163,6 +163,15 @@ def test_resume_on_another_world_size_reshards(tmp_path):
     ]
 
 
+def test_switching_layout_starts_afresh(tmp_path):
+    """A checkpoint of the full head is not resumed by a sharded run (nor the other way): no crash."""
+    run(tmp_path, "arcface", sharded=False, stop_after=2)
+    _, summary = run(tmp_path, "arcface", sharded=True)
+    assert summary.resumed_from_step == 0 and summary.steps == 3
+    _, summary = run(tmp_path, "arcface", sharded=False)
+    assert summary.resumed_from_step == 0
+
+
 def _write_shards(folder, step, world, weight, momentum):
     for rank in range(world):
         start, end = shard_range(weight.shape[0], rank, world)

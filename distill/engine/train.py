@@ -189,15 +189,17 @@ def train(job: TrainJob) -> TrainSummary:
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
     ckpt_path = job.out_dir / "checkpoints" / "last.pt"
     steps = total_steps(cfg, len(job.dataset))
-    fingerprint = config_hash(
-        {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys())}
-    )
 
     use_nhwc = cfg.channels_last and channels_last_is_safe(job.model)
     memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
     # sharded margin heads (Partial FC): this rank's rows, in a param group of their own
     heads = shard_heads(losses)
+    # a checkpoint of the other layout (sharded or not) cannot be loaded into this one: start afresh
+    layout = {"sharded": sorted(heads)} if heads else {}
+    fingerprint = config_hash(
+        {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys()), **layout}
+    )
     trainable: nn.Module = _Trainable(model, losses, (device, amp_dtype))
     head_params = {id(h.weight) for h in heads.values()}
     groups = _param_groups(trainable, job.no_decay, skip=head_params)
