@@ -30,6 +30,16 @@ from distill.engine.checkpoint import load_train_state, save_train_state
 from distill.engine.device import autocast, channels_last_is_safe, resolve_amp_dtype, resolve_device
 from distill.engine.distributed import DistInfo, barrier, mean_over_ranks, setup_distributed
 from distill.engine.sampler import ResumableBatchSampler
+from distill.engine.sharded_heads import (
+    ddp_ignore,
+    head_keys,
+    prune_shards,
+    restore_shards,
+    save_shards,
+    shard_heads,
+    strip_head_state,
+    unshard_heads,
+)
 from distill.losses.base import LossInputs
 
 
@@ -77,6 +87,7 @@ class TrainSummary:
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int = 0
     step_seconds: list[float] = field(default_factory=list)  # compute time of each step this call ran
+    step_totals: list[float] = field(default_factory=list)  # weighted total loss of each of those steps
 
 
 def total_steps(cfg: TrainConfig, num_samples: int) -> int:
@@ -178,15 +189,24 @@ def train(job: TrainJob) -> TrainSummary:
     amp_dtype = resolve_amp_dtype(cfg.amp, device)
     ckpt_path = job.out_dir / "checkpoints" / "last.pt"
     steps = total_steps(cfg, len(job.dataset))
-    fingerprint = config_hash(
-        {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys())}
-    )
 
     use_nhwc = cfg.channels_last and channels_last_is_safe(job.model)
     memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
+    # sharded margin heads (Partial FC): this rank's rows, in a param group of their own
+    heads = shard_heads(losses)
+    # a checkpoint of the other layout (sharded or not) cannot be loaded into this one: start afresh
+    layout = {"sharded": sorted(heads)} if heads else {}
+    fingerprint = config_hash(
+        {"train": cfg.__dict__, "n": len(job.dataset), "terms": list(job.losses.keys()), **layout}
+    )
     trainable: nn.Module = _Trainable(model, losses, (device, amp_dtype))
-    groups = _param_groups(trainable, job.no_decay)
+    head_params = {id(h.weight) for h in heads.values()}
+    groups = _param_groups(trainable, job.no_decay, skip=head_params)
+    trained_heads = [h.weight for h in heads.values() if h.weight.requires_grad]  # frozen teacher heads: no
+    head_group = len(groups) if trained_heads else None
+    if trained_heads:
+        groups.append({"params": trained_heads})
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -195,32 +215,45 @@ def train(job: TrainJob) -> TrainSummary:
         state = load_train_state(ckpt_path)
         if state.get("fingerprint") == fingerprint:
             model.load_state_dict(state["model"])
-            losses.load_state_dict(state["losses"])
+            own = {k: v for k, v in losses.state_dict().items() if k in head_keys(heads)}
+            losses.load_state_dict({**state["losses"], **own})  # the shards come from their own files
             optimizer.load_state_dict(state["optimizer"])
+            if heads:  # re-sharded on the fly when the world size changed since
+                saved_world = int(state["head_world"])
+                restore_shards(ckpt_path.parent, int(state["step"]), saved_world, heads, optimizer)
             scaler.load_state_dict(state["scaler"])
             start_step = int(state["step"])
             history = json.loads(state["history"])
             evaluations = json.loads(state["evaluations"])
     if dist_info.enabled:
+        if heads:
+            ddp_ignore(trainable, heads)
         trainable = nn.parallel.DistributedDataParallel(
             trainable, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     def save(step: int) -> None:
-        if dist_info.is_main:  # every rank holds the same state; one writer
+        if heads:  # each rank its own rows, before last.pt names this step as the one to resume
+            save_shards(ckpt_path.parent, step, heads, optimizer)
+            barrier(dist_info)
+        if dist_info.is_main:  # every rank holds the same replicated state; one writer
+            sharded = head_keys(heads)
             save_train_state(
                 ckpt_path,
                 {
                     "fingerprint": fingerprint,
                     "step": step,
                     "model": model.state_dict(),
-                    "losses": losses.state_dict(),
-                    "optimizer": optimizer.state_dict(),
+                    "losses": {k: v for k, v in losses.state_dict().items() if k not in sharded},
+                    "optimizer": strip_head_state(optimizer.state_dict(), head_group),
                     "scaler": scaler.state_dict(),
                     "history": json.dumps(history),
                     "evaluations": json.dumps(evaluations),
+                    "head_world": dist_info.world_size,
                 },
             )
+            if heads:
+                prune_shards(ckpt_path.parent, step, dist_info.world_size)
         barrier(dist_info)
 
     writer = _tensorboard(job.out_dir / "tensorboard") if dist_info.is_main else _NullWriter()
@@ -229,6 +262,7 @@ def train(job: TrainJob) -> TrainSummary:
         _Batches(job.dataset), batch_sampler=sampler, num_workers=job.workers
     )
     step_seconds: list[float] = []
+    step_totals: list[float] = []
     last: dict[str, float] = {}
     bar = tqdm(
         total=steps,
@@ -282,6 +316,7 @@ def train(job: TrainJob) -> TrainSummary:
             step += 1
             last = {name: float(v) for name, v in zip(values, logged, strict=True)}
             last["total"] = sum(job.weights[name] * last[name] for name in values)
+            step_totals.append(last["total"])
             if step % 10 == 0 or step == steps:
                 history.append({"step": step, "lr": optimizer.param_groups[0]["lr"], **last})
                 for name, v in last.items():
@@ -300,6 +335,7 @@ def train(job: TrainJob) -> TrainSummary:
     if step == steps and job.evaluate and cfg.eval_every:
         evaluations.append(_evaluate(job, model, step, writer, dist_info))
         save(step)
+    unshard_heads(losses)  # full heads again: the saved model's head_weight, stage two
     writer.close()
     done = step - start_step
     compute_seconds = sum(step_seconds)
@@ -313,14 +349,20 @@ def train(job: TrainJob) -> TrainSummary:
         evaluations=evaluations,
         resumed_from_step=start_step,
         step_seconds=step_seconds,
+        step_totals=step_totals,
     )
 
 
-def _param_groups(module: nn.Module, no_decay: tuple[str, ...]) -> list[dict[str, Any]]:
-    """One group normally; a second, decay-free group for parameters named in ``no_decay``."""
+def _param_groups(
+    module: nn.Module, no_decay: tuple[str, ...], skip: set[int] | None = None
+) -> list[dict[str, Any]]:
+    """One group normally; a second, decay-free group for parameters named in ``no_decay``.
+
+    Parameters whose ``id`` is in ``skip`` (sharded heads) are left for a group of their own.
+    """
     decay, free = [], []
     for name, p in module.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in (skip or set()):
             (free if any(s in name for s in no_decay) else decay).append(p)
     groups = [{"params": decay}]
     if free:

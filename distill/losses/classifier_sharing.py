@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses.base import LossDims, LossInputs, LossTerm, Projector
+from distill.losses.partial_fc import ShardedMarginSoftmax, gather_full_weight, shard_of
 from distill.models.heads import ArcFaceHead, CosFaceHead
 
 
@@ -74,20 +75,40 @@ class TeacherHeadLoss(LossTerm):
         ce_weight: float = 1.0,
         kl_weight: float = 0.0,
         kl_temperature: float = 4.0,
+        sharded: bool = False,
     ) -> None:
         super().__init__()
         weight = require_teacher_head(dims, "teacher_head loss")
         if kl_temperature <= 0:
             raise ValueError(f"teacher_head.kl_temperature: must be > 0, got {kl_temperature}")
+        if sharded and kl_weight:
+            # the KL term needs both full softmaxes; the sharded head completes only the cross-entropy
+            raise ValueError("teacher_head: sharded: true needs kl_weight 0")
+        self.sharded = bool(sharded)
         self.head = frozen_head_from(weight, scale=scale, margin=margin)
         self.projector = Projector(dims.student_dim, int(dims.teacher_dim))
         self.ce_weight = float(ce_weight)
         self.kl_weight = float(kl_weight)
         self.kl_temperature = float(kl_temperature)
 
+    def shard(self) -> ShardedMarginSoftmax:
+        """Keep only this rank's rows of the frozen teacher head (Partial FC, as distill/losses/margin.py)."""
+        if not isinstance(self.head, ShardedMarginSoftmax):
+            self.head = shard_of(self.head, "arcface")
+        return self.head
+
+    def unshard(self) -> None:
+        """The full frozen head again, gathered from every rank (a collective)."""
+        part = self.head
+        if isinstance(part, ShardedMarginSoftmax):
+            full = frozen_head_from(gather_full_weight(part), scale=part.scale, margin=part.margin)
+            self.head = full.to(part.weight.device)
+
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         f = self.projector(inputs.student)
         head = self.head
+        if isinstance(head, ShardedMarginSoftmax):
+            return self.ce_weight * head(f, inputs.labels)  # the global batch's exact cross-entropy
         loss = self.ce_weight * F.cross_entropy(head(f, inputs.labels), inputs.labels)
         if self.kl_weight:
             if inputs.teacher is None:

@@ -23,6 +23,7 @@ One process (no group) is the plain full head: same code, world of one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -148,7 +149,15 @@ class ShardedMarginSoftmax(nn.Module):
         ]
         return torch.sort(torch.cat([positives, chosen])).values
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        target_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``target_fn(cos_target, rows)``, when given, replaces the head's own margin: the target logits
+        (before scaling) of the global-batch ``rows`` whose class this rank owns (MarginDistillation's
+        per-sample margin)."""
         emb = _GatherSumGrad.apply(embeddings.float())
         labels = all_gather_no_grad(labels.long()) if self.world > 1 else labels.long()
         cols = self._columns(labels)
@@ -161,7 +170,29 @@ class ShardedMarginSoftmax(nn.Module):
         target[owned] = torch.searchsorted(cols, labels[owned] - self.start)
         rows = torch.nonzero(owned).flatten()
         if rows.numel():
-            cos = cos.index_put(
-                (rows, target[rows]), margin_target(self.kind, cos[rows, target[rows]], self.margin)
-            )
+            cos_t = cos[rows, target[rows]]
+            new = target_fn(cos_t, rows) if target_fn else margin_target(self.kind, cos_t, self.margin)
+            cos = cos.index_put((rows, target[rows]), new)
         return _ShardedCrossEntropy.apply(cos * self.scale, target)
+
+
+def shard_of(full: nn.Module, kind: str, sample_rate: float = 1.0) -> ShardedMarginSoftmax:
+    """This rank's rows of a full ArcFace/CosFace head (``weight`` C x D, ``scale``, ``margin``) as a
+    sharded head; a frozen head stays frozen. Call once the process group is up."""
+    part = ShardedMarginSoftmax(
+        full.embedding_dim,
+        full.num_classes,
+        kind=kind,
+        scale=full.scale,
+        margin=full.margin,
+        sample_rate=sample_rate,
+    ).to(full.weight.device)
+    with torch.no_grad():
+        part.weight.copy_(full.weight[part.start : part.end])
+    part.weight.requires_grad_(full.weight.requires_grad)
+    return part
+
+
+def gather_full_weight(part: ShardedMarginSoftmax) -> torch.Tensor:
+    """Every rank's rows concatenated into the full C x D centres (a collective: every rank calls it)."""
+    return all_gather_no_grad(part.weight.detach())
