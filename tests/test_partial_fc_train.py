@@ -216,3 +216,15 @@ def test_sampling_needs_the_sharded_head():
 
     with pytest.raises(InputError, match="sharded"):
         build_losses([LossSpec("arcface", 1.0, {"sample_rate": 0.5})], LossDims(8, None, CLASSES))
+
+
+def test_ddp_private_ignore_list_is_still_there():
+    """ddp_ignore reaches into DDP's private ignore list; this fails loudly when torch renames it."""
+    from torch import nn
+
+    from distill.engine.sharded_heads import ddp_ignore
+
+    module = nn.Sequential(nn.Linear(2, 2))
+    head = type("Head", (), {"weight": module[0].weight})()
+    ddp_ignore(module, {"arcface": head})
+    assert module._ddp_params_and_buffers_to_ignore == ["0.weight"]  # read by DDP's constructor
