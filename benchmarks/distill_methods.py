@@ -550,9 +550,9 @@ def main(argv: list[str] | None = None) -> int:
                 if read_record(path, key) is not None:
                     continue
                 ctx = ctx or teacher_context(out / teacher, cfgs[teacher])
-                rec = run_method(
-                    ctx, method, seed, out / slot / "students" / f"{method}-seed{seed}", args.flip, lfw
-                )
+                # the key in the folder name: a checkpoint of other settings is never resumed
+                folder = out / slot / "students" / f"{method}-seed{seed}-{key}"
+                rec = run_method(ctx, method, seed, folder, args.flip, lfw)
                 write_record(path, {**rec, "teacher": slot, "preset": args.preset, "key": key})
                 print(f"[{teacher}] {method} seed {seed}: {100 * rec['accuracy']:.2f}", flush=True)
     report: dict[str, Any] = {
