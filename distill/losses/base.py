@@ -39,6 +39,8 @@ class LossTerm(nn.Module):
     """Base class: set ``needs_teacher`` and implement ``forward(inputs) -> scalar``."""
 
     needs_teacher: bool = False
+    # reads the teacher's classifier (its class centres, ``LossDims.teacher_head``): an ONNX teacher has none
+    needs_teacher_head: bool = False
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError

@@ -66,6 +66,7 @@ class TeacherHeadLoss(LossTerm):
     """TH-KD: ArcFace cross-entropy of the (projected) student through the teacher's frozen head."""
 
     needs_teacher = True
+    needs_teacher_head = True
 
     def __init__(
         self,

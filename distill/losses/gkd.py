@@ -68,6 +68,7 @@ class GKDLoss(LossTerm):
     """CE through the student's CosFace head + grouped KL to the teacher head's logits."""
 
     needs_teacher = True
+    needs_teacher_head = True
 
     def __init__(
         self, dims: LossDims, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0,

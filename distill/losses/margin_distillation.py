@@ -50,6 +50,7 @@ class MarginDistillationLoss(LossTerm):
     """ArcFace over the teacher's frozen centres with the teacher-driven per-sample margin."""
 
     needs_teacher = True
+    needs_teacher_head = True
 
     def __init__(
         self,

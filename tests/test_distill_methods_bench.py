@@ -1,0 +1,155 @@
+"""benchmarks/distill_methods.py without training: per-run records merged across partial runs, stale
+records ignored, n/a cells for a teacher without class centres, the long preset's arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "distill_methods_bench", ROOT / "benchmarks" / "distill_methods.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SETTING = {"data": {"synth": {"train_identities": 3}}, "distill": {"arch": "mobilefacenet"}}
+PARTS = {
+    "own": (SETTING, {"arch": "iresnet18", "train": {"epochs": 3}}),
+    "real": (SETTING, {"file": "teacher_faceres_nhwc.onnx", "input": {"mean": 0.0, "std": 1.0}}),
+}
+
+
+def _record(acc: float, seed: int, lfw: float | None = 0.7) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "accuracy": acc,
+        "accuracy_std": 0.01,
+        "tar_at_far": {"0.01": acc / 2, "0.001": None},
+        "lfw100_accuracy_report_only": lfw,
+        "images_per_second": 40.0,
+    }
+
+
+def _write(
+    bench: ModuleType, store: Path, teacher: str, method: str, seed: int, acc: float, key: str = ""
+) -> None:
+    setting, tpart = PARTS[teacher]
+    rec = {**_record(acc, seed), "key": key or bench.run_key(setting, tpart, method, False)}
+    bench.write_record(bench.record_path(store, "long", teacher, method, seed), rec)
+
+
+def _teacher(bench: ModuleType, store: Path, teacher: str, has_head: bool) -> None:
+    setting, tpart = PARTS[teacher]
+    rec = {
+        "teacher": teacher,
+        "has_head": has_head,
+        "accuracy": 0.9,
+        "tar_at_far": {"0.01": 0.5, "0.001": None},
+        "lfw100_accuracy_report_only": None,
+        "key": bench.teacher_key(setting, tpart, False),
+    }
+    bench.write_record(store / "long" / teacher / "teacher.json", rec)
+
+
+def test_partial_runs_merge_and_na(bench: ModuleType, tmp_path: Path) -> None:
+    store = tmp_path / "runs"
+    _teacher(bench, store, "own", has_head=True)
+    _teacher(bench, store, "real", has_head=False)
+    # "invocation 1": no_kd seeds 0, 1 (teacher-free, so stored once); "invocation 2": unified under both
+    for seed, acc in ((0, 0.70), (1, 0.72)):
+        _write(bench, store, "own", "no_kd", seed, acc)
+    for seed, acc in ((0, 0.80), (1, 0.82), (2, 0.81)):
+        _write(bench, store, "own", "unified", seed, acc)
+        _write(bench, store, "real", "unified", seed, acc - 0.05)
+    _write(bench, store, "own", "gkd", 0, 0.75)
+    _write(bench, store, "own", "feature_l2", 0, 0.99, key="other-settings")  # stale: ignored
+    assert (
+        bench.record_path(store, "long", "real", "no_kd", 0)
+        == store / "long" / "teacher-free" / "no_kd" / "seed0.json"
+    )
+
+    exp = bench.collect(store, "long", PARTS, False)
+    own, real = exp["own"]["methods"], exp["real"]["methods"]
+    assert own["no_kd"]["seeds"] == [0, 1] and real["no_kd"] == own["no_kd"]  # shared across teachers
+    assert own["unified"]["seeds"] == [0, 1, 2]
+    assert own["unified"]["accuracy_mean"] == pytest.approx(0.81)
+    assert own["unified"]["vs_no_kd"]["beyond_seed_spread"]
+    assert own["unified"]["lfw100_accuracy_report_only_mean"] == pytest.approx(0.7)
+    assert own["unified"]["tar_at_far_1e-3_mean"] is None
+    assert "feature_l2" not in own and "gkd" in own
+    for method in ("teacher_head", "margin_distillation", "gkd"):
+        assert real[method] == {"n/a": bench.NO_HEAD}
+    assert "adadistill" not in real  # it builds centres from teacher embeddings: runs under any teacher
+    text = bench.render(
+        {"experiments": exp, "preset": "long", "flip": False, "wall_seconds": 1.0, "commands": "x"}
+    )
+    assert "| gkd | n/a (teacher has no class centres) |" in text
+    assert "lfw100 % (report-only)" in text and "beyond (above)" in text
+    json.dumps(exp)  # the report is JSON
+
+
+def test_keys_separate_teachers_and_methods(bench: ModuleType) -> None:
+    setting, own = PARTS["own"]
+    _, real = PARTS["real"]
+    assert bench.run_key(setting, own, "no_kd", False) == bench.run_key(setting, real, "no_kd", False)
+    assert bench.run_key(setting, own, "unified", False) != bench.run_key(setting, real, "unified", False)
+    assert bench.run_key(setting, own, "unified", False) != bench.run_key(setting, own, "unified", True)
+    assert bench.run_key(setting, own, "unified", False) != bench.run_key(setting, own, "feature_l2", False)
+    assert {m for m in bench.METHODS if bench.needs_teacher_head(m)} == {
+        "teacher_head",
+        "margin_distillation",
+        "gkd",
+    }
+    assert [m for m in bench.METHODS if bench.teacher_free(m)] == ["no_kd"]
+
+
+def test_versus_both_directions(bench: ModuleType) -> None:
+    a = {"accuracy_mean": 0.70, "accuracy_std": 0.01, "seeds": [0, 1, 2]}
+    b = {"accuracy_mean": 0.75, "accuracy_std": 0.01, "seeds": [0, 1, 2]}
+    assert bench.versus(a, b)["beyond_seed_spread"] and bench.versus(a, b)["gain"] < 0
+    assert bench.versus({**a, "accuracy_std": 0.05}, b)["beyond_seed_spread"] is False
+    assert bench.versus({**a, "seeds": [0]}, b)["beyond_seed_spread"] is None  # one seed: no verdict
+
+
+def test_long_preset_arithmetic(bench: ModuleType) -> None:
+    e = bench.estimate("long")
+    assert e["train_images"] == 7200 and e["pairs"] == 6000 and e["negatives"] == 3000
+    assert e["steps"] == math.ceil(7200 * 2 / 64)
+    assert e["binomial_sd_at_80"] == pytest.approx(math.sqrt(0.16 / 6000))
+    assert e["binomial_sd_at_80"] < bench.estimate("cpu-bench")["binomial_sd_at_80"]
+    assert e["smallest_far"] == pytest.approx(1e-3)
+    # cpu-bench's estimate reproduces its measured 91 s per run (2026-11-22)
+    assert bench.estimate("cpu-bench")["seconds_per_run"] == pytest.approx(91, abs=5)
+    assert 5 * 60 < e["seconds_per_run"] < 10 * 60
+
+
+def test_needs_teacher_head_matches_the_losses() -> None:
+    """The flag says exactly which teacher terms fail to build without the teacher's class centres."""
+    from distill.losses import LOSSES
+    from distill.losses.base import LossDims
+
+    dims = LossDims(student_dim=8, teacher_dim=8, num_classes=4, teacher_head=None)
+    for name, cls in LOSSES.items():
+        if not cls.needs_teacher:
+            continue
+        try:
+            cls(dims)
+            built = True
+        except ValueError as e:
+            assert "head" in str(e), (name, e)
+            built = False
+        assert built != cls.needs_teacher_head, name
