@@ -15,6 +15,7 @@ container, so we read and write it ourselves, byte for byte as dmlc-core does (d
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import math
 import os
@@ -331,8 +332,79 @@ def write_insightface_rec(
     return {"images": n, "identities": num_classes}
 
 
-def decode_rgb(data: bytes, where: str, image_size: int | None = 112) -> np.ndarray:
-    """Decode an encoded image to HxWx3 uint8 RGB; ``where`` names the source in error messages."""
+JPEG_DECODER_ENV = "FACEKD_JPEG_DECODER"
+JPEG_DECODERS = ("auto", "pil", "simplejpeg")
+
+
+@functools.lru_cache(maxsize=1)
+def _simplejpeg() -> Any | None:
+    """The optional ``simplejpeg`` module (libjpeg-turbo bindings), or None when it is not installed."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
+def jpeg_decoder() -> str:
+    """The JPEG decoder in use: ``"simplejpeg"`` when installed, else ``"pil"``.
+
+    ``FACEKD_JPEG_DECODER=pil`` forces Pillow; ``=simplejpeg`` requires simplejpeg (InputError without it).
+    Both decode with libjpeg-turbo's accurate integer IDCT and fancy upsampling, so the pixels are the
+    same (``tests/test_data_throughput.py``); simplejpeg skips Pillow's per-image overhead (~2.5x faster on
+    112x112 crops, ``benchmarks/results/data_throughput.md``).
+    """
+    choice = (os.environ.get(JPEG_DECODER_ENV, "") or "auto").strip().lower()
+    if choice not in JPEG_DECODERS:
+        raise InputError(f"{JPEG_DECODER_ENV}={choice!r}: expected one of {', '.join(JPEG_DECODERS)}")
+    if choice == "pil":
+        return "pil"
+    if _simplejpeg() is None:
+        if choice == "simplejpeg":
+            raise InputError(
+                f"{JPEG_DECODER_ENV}=simplejpeg but simplejpeg is not installed (pip install simplejpeg)"
+            )
+        return "pil"
+    return "simplejpeg"
+
+
+def _decode_simplejpeg(data: bytes) -> np.ndarray | None:
+    """RGB pixels of a plain (YCbCr or grayscale) JPEG through simplejpeg; None to leave it to Pillow.
+
+    Anything else (CMYK, Adobe RGB, 12-bit, a corrupt or truncated stream: simplejpeg's strict mode turns
+    libjpeg warnings into errors) goes to Pillow, which decodes it or raises the project's error.
+    """
+    sj = _simplejpeg()
+    if sj is None or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        if sj.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
+            return None
+        return sj.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+    except ValueError:
+        return None
+
+
+def decode_rgb(
+    data: bytes, where: str, image_size: int | None = 112, decoder: str | None = None
+) -> np.ndarray:
+    """Decode an encoded image to HxWx3 uint8 RGB; ``where`` names the source in error messages.
+
+    ``decoder``: ``"pil"`` or ``"simplejpeg"`` (JPEGs only, Pillow for the rest); default
+    :func:`jpeg_decoder`.
+    """
+    rgb_array = _decode_simplejpeg(data) if (decoder or jpeg_decoder()) == "simplejpeg" else None
+    if rgb_array is None:
+        rgb_array = _decode_pil(data, where)
+    if image_size is not None and rgb_array.shape[:2] != (image_size, image_size):
+        h, w = rgb_array.shape[:2]
+        raise InputError(
+            f"{where}: image is {w}x{h}, expected {image_size}x{image_size} (aligned crops, not resized)"
+        )
+    return rgb_array
+
+
+def _decode_pil(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -341,11 +413,6 @@ def decode_rgb(data: bytes, where: str, image_size: int | None = 112) -> np.ndar
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for bad data
         raise InputError(f"{where}: image does not decode ({type(exc).__name__}: {exc})") from None
-    if image_size is not None and rgb.size != (image_size, image_size):
-        w, h = rgb.size
-        raise InputError(
-            f"{where}: image is {w}x{h}, expected {image_size}x{image_size} (aligned crops, not resized)"
-        )
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from distill.atomic import write_json
 from distill.config import TrainConfig, config_hash
-from distill.data.transforms import hflip_nchw, to_model_input
+from distill.data.transforms import train_input
 from distill.engine.balanced_sampler import BalancedBatchSampler
 from distill.engine.checkpoint import load_train_state, save_train_state
 from distill.engine.device import autocast, channels_last_is_safe, resolve_amp_dtype, resolve_device
@@ -282,9 +282,7 @@ def train(job: TrainJob) -> TrainSummary:
             t0 = time.perf_counter()
             # flips are drawn for the whole global batch, so N ranks flip exactly what 1 process would
             flip = (torch.rand(cfg.batch_size, generator=_step_generator(cfg.seed, step)) < 0.5)[rank_slice]
-            x = to_model_input(images)
-            x = torch.where(flip[:, None, None, None], hflip_nchw(x), x)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            x = train_input(images, flip, device).contiguous(memory_format=memory_format)
             labels = labels.to(device)
             teacher = None
             if job.teacher is not None:
