@@ -188,6 +188,7 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(tmp_path, capsys
         assert main(["verify", "--model", str(export / a["file"])]) == 0
     int8 = next(a for a in artifacts if a["precision"] == "int8")
     assert int8["source"] == "qat" and int8["details"]["qdq_lint"] == "passed"
+    assert all(r["contract"]["passed"] for r in rows if r["format"] == "onnx")  # the Q/DQ file included
     assert "fake-quant" in int8["parity"]["reference"]
     assert int8["source_checkpoint"] == sha256_file(out / "qat" / "qat.pt")
     assert "student_int8.onnx" in (export / int8["companions"][0]).read_text()
@@ -365,6 +366,9 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_pat
         r["latency_ms"] is None for r in android
     )
     # batch-1 files are evaluated through a batched copy only where it reproduces the file exactly
+    # every shipped file meets its contract (pixels-in uint8 input, batch, weights of its precision, ops)
+    for r in rows:
+        assert r["contract"]["passed"], (r["name"], r["contract"])
     host = {r["precision"]: r for r in rows if r["target"] == "host" and r["format"] == "tflite"}
     assert all("equal to it on 16 images" in r["accuracy_via"] or "one image per call" in r["accuracy_via"]
                for r in host.values())  # fmt: skip
