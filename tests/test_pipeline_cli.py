@@ -367,8 +367,8 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(tmp_pat
     )
     # batch-1 files are evaluated through a batched copy only where it reproduces the file exactly
     # every shipped file meets its contract (pixels-in uint8 input, batch, weights of its precision, ops)
-    for r in rows:
-        assert r["contract"]["passed"], (r["name"], r["contract"])
+    shipped = [r for r in rows if r["format"] == "tflite"]
+    assert shipped and all(r["contract"]["passed"] for r in shipped), [r.get("contract") for r in shipped]
     host = {r["precision"]: r for r in rows if r["target"] == "host" and r["format"] == "tflite"}
     assert all("equal to it on 16 images" in r["accuracy_via"] or "one image per call" in r["accuracy_via"]
                for r in host.values())  # fmt: skip
