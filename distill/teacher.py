@@ -19,7 +19,7 @@ from distill.atomic import publish
 from distill.config import TeacherConfig
 from distill.data.transforms import IMAGE_SIZE
 from distill.engine.device import channels_last_is_safe, resolve_device
-from distill.engine.distributed import DistInfo, barrier
+from distill.engine.distributed import DistInfo, barrier, from_rank0
 from distill.errors import InputError
 from distill.teacher_input import Detected, InputContract, resolve_contract
 
@@ -119,6 +119,18 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -
     return [range(s, min(n, s + batch_size)) for s in range(rank * batch_size, n, step)]
 
 
+def bf16_embed(teacher: Teacher) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The teacher's embedding under bf16 autocast on its device (a PyTorch teacher)."""
+    assert teacher.module is not None
+    device = next(teacher.module.parameters()).device
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return teacher.embed(x)
+
+    return embed
+
+
 def cache_embed_fn(
     teacher: Teacher, precision: str, first_batch: torch.Tensor, min_cosine: float
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]:
@@ -138,10 +150,7 @@ def cache_embed_fn(
     if precision == "auto" and not native_bf16(device):
         return teacher.embed, {"precision": "fp32", "why": f"no native bf16 on {device.type}"}
 
-    def embed_bf16(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            return teacher.embed(x)
-
+    embed_bf16 = bf16_embed(teacher)
     x = torch.cat([first_batch, hflip_nchw(first_batch)])
     cos = torch.nn.functional.cosine_similarity(embed_bf16(x).double(), teacher.embed(x).double(), dim=1)
     worst = float(cos.min())
@@ -189,6 +198,9 @@ def cache_teacher_embeddings(
     if n:  # every rank decides the same, on the same first batch
         first = to_model_input(np.stack([dataset[i][0] for i in range(min(n, batch_size))]))
         embed, chosen = cache_embed_fn(teacher, precision, first, min_cosine)
+    if info.enabled:  # rank 0 decides for all: thread counts could tip a rank near the threshold
+        chosen = from_rank0(chosen, info)
+        embed = bf16_embed(teacher) if chosen["precision"] == "bf16" else teacher.embed
     for idx in tqdm(shard, desc="teacher embeddings", unit="batch", disable=not (progress and info.is_main)):
         images = np.stack([dataset[i][0] for i in idx])
         x = to_model_input(images)

@@ -134,6 +134,8 @@ def test_pipeline_stages_under_torchrun(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
+    cfg = tmp_path / "fp32-cache.yaml"  # fp32 so the two-rank cache can be compared to float noise
+    cfg.write_text("cache:\n  precision: fp32\n")
     cmd = [
         sys.executable,
         "-m",
@@ -146,6 +148,8 @@ def test_pipeline_stages_under_torchrun(tmp_path):
         "distill",
         "--preset",
         "tiny",
+        "--config",
+        str(cfg),
         "--out",
         str(out),
         "--no-progress",
@@ -160,6 +164,7 @@ def test_pipeline_stages_under_torchrun(tmp_path):
     assert (out / "distill" / "student.pt").is_file() and not list(out.glob(".*.work"))
     # the cache two ranks wrote together equals one process embedding every image itself
     assert manifest["stages"]["cache"]["metrics"]["ranks"] == 2
+    assert manifest["stages"]["cache"]["metrics"]["precision"] == "fp32"
     from distill.config import TeacherConfig
     from distill.data.faces import open_train_set
     from distill.teacher import cache_teacher_embeddings, load_teacher, open_teacher_cache

@@ -66,3 +66,12 @@ def mean_over_ranks(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def from_rank0(obj: object, info: DistInfo) -> object:
+    """Rank 0's ``obj`` on every rank (a decision all ranks must share, e.g. the cache's precision)."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
