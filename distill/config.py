@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200  # steps between atomic checkpoints
     eval_every: int = 0  # steps between verification evaluations, and at the end (0 = never; measure does it)
-    amp: str = "auto"  # auto | bf16 | fp16 | off (autocast only on CUDA)
+    amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA: auto = bf16/fp16; CPU: bf16 if asked and native)
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int = 0  # 0 = from epochs; > 0 caps the run (smoke tests)
     # NHWC memory format: ~1.9x faster MobileFaceNet training on this CPU (oneDNN); see engine/device.py.

@@ -164,3 +164,23 @@ def test_balanced_batches_feed_the_classifier_only_the_uniform_part(tmp_path):
     assert [n for n, _ in seen["ekd"]] == [8, 8, 8]  # EKD ranks pairs over the whole batch
     for _, balanced_labels in seen["ekd"]:  # the balanced part: 2 identities, 2 images each
         assert balanced_labels[0] == balanced_labels[1] and balanced_labels[2] == balanced_labels[3]
+
+
+def test_cpu_bf16_autocast_only_when_asked_and_native(tmp_path, monkeypatch):
+    import distill.engine.device as device_mod
+    from distill.engine.device import resolve_amp_dtype
+    from distill.errors import InputError
+
+    cpu = torch.device("cpu")
+    assert resolve_amp_dtype("auto", cpu) is None  # a CPU stays fp32 unless bf16 is asked for
+    monkeypatch.setattr(device_mod, "native_bf16", lambda _d: False)
+    with pytest.raises(InputError, match="train.amp: bf16 on a CPU without native bf16"):
+        resolve_amp_dtype("bf16", cpu)
+    monkeypatch.setattr(device_mod, "native_bf16", lambda _d: True)
+    assert resolve_amp_dtype("bf16", cpu) is torch.bfloat16
+    # the engine then really computes in bf16: the loss of a bf16 step differs from the fp32 one
+    fp32, bf16 = make_job(tmp_path / "fp32", steps=1), make_job(tmp_path / "bf16", steps=1)
+    bf16.cfg.amp = "bf16"
+    a, b = train(fp32), train(bf16)
+    assert a.final_losses["total"] != b.final_losses["total"]
+    assert a.final_losses["total"] == pytest.approx(b.final_losses["total"], rel=0.05)

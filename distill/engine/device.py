@@ -19,7 +19,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, else fp16; never on CPU (CPU autocast is slower here)."""
+    """bf16 where the GPU supports it, else fp16. On a CPU only when asked (``amp: bf16``) and only where
+    bf16 runs natively (AMX / AVX512-BF16): it trained the default iResNet teacher 1.3x faster here and
+    MobileFaceNet not at all, and it changes the numbers, so ``auto`` keeps a CPU in fp32."""
+    if device.type == "cpu" and amp == "bf16":
+        if not native_bf16(device):
+            from distill.errors import InputError
+
+            raise InputError(
+                "train.amp: bf16 on a CPU without native bf16 (no amx_bf16/avx512_bf16 flag) is emulated and "
+                "slower than fp32; use auto or off"
+            )
+        return torch.bfloat16
     if device.type != "cuda" or amp == "off":
         return None
     if amp == "fp16":
