@@ -37,6 +37,8 @@ class QatOutcome:
     qat_path: Path
     metrics: dict[str, Any]  # per model ("fp32", "ptq", "qat"): verification metrics
     evaluation: dict[str, Any] = field(default_factory=dict)  # per model: a results row's verification fields
+    # per model, per verification set: the embeddings of the images as they are (no mirror), float32
+    plain_embeddings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def quantization_aware_distill(
@@ -137,15 +139,21 @@ def quantization_aware_distill(
         save_quantized(qat_path, qmodel, arch=arch, arch_kwargs=arch_kwargs, extra=extra)
     metrics: dict[str, Any] = {"steps": summary.steps, "images_per_second": summary.images_per_second}
     evaluation: dict[str, Any] = {}
+    plain: dict[str, dict[str, Any]] = {}
     if val_sets and current_dist().is_main:
         ptq, _ = load_quantized(ptq_path)
         for name, model in (("fp32", fp32), ("ptq", ptq), ("qat", qmodel)):
             if name not in evaluate_models:
                 continue
-            results = evaluate_sets(torch_embed_fn(model.eval()), val_sets, flip=flip_eval)
+            plain[name] = {}
+            results = evaluate_sets(
+                torch_embed_fn(model.eval()), val_sets, flip=flip_eval, keep_plain=plain[name]
+            )
             metrics[name] = summary_metrics(results)
             evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
-    return QatOutcome(ptq_path=ptq_path, qat_path=qat_path, metrics=metrics, evaluation=evaluation)
+    return QatOutcome(
+        ptq_path=ptq_path, qat_path=qat_path, metrics=metrics, evaluation=evaluation, plain_embeddings=plain
+    )
 
 
 def restore_loss_state(terms: torch.nn.ModuleDict, state: dict[str, torch.Tensor]) -> list[str]:

@@ -35,15 +35,20 @@ def evaluate_sets(
     flip: bool = True,
     batch_size: int = EVAL_BATCH,
     progress: bool = False,
+    keep_plain: dict[str, np.ndarray] | None = None,
 ) -> dict[str, VerificationResult]:
     """Verification metrics of any embedding function on each set: the one evaluation path.
 
     ``embed`` takes the project's normalised NCHW batch (torch) and returns (B, D) embeddings.
+    ``keep_plain``: filled with each set's embeddings of the images as they are (no mirror), float32, for
+    callers that need them afterwards (the model card's thresholds) instead of computing them again.
     """
     results = {}
     for vs in sets:
         emb, emb_flip = embed_pairs(embed, vs.images, batch_size=batch_size, flip=flip, progress=progress)
         results[vs.name] = evaluate_verification(emb, emb_flip, vs.issame)
+        if keep_plain is not None:
+            keep_plain[vs.name] = emb.astype(np.float32)
     return results
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -102,7 +103,8 @@ def test_reference_rows_come_from_their_stages_evaluation_of_the_same_file(host_
     val = host_run / "data" / "synth_val.bin"
     for role, stage in (("teacher", "teacher"), ("student", "distill")):
         row = next(r for r in rows if r["role"] == role)
-        assert row["accuracy_via"] == f"the {stage} stage's evaluation of this file (sha256 checked)"
+        assert row["accuracy_via"].startswith(f"the {stage} stage's evaluation of this file (sha256 checked)")
+        assert "through an onnxruntime copy of the module, equal to it on 16 images" in row["accuracy_via"]
         saved = json.loads((host_run / stage / "evaluation.json").read_text())
         assert saved["sha256"][role] == sha256_file(Path(row["path"])) == row["sha256"]
         assert saved["models"][role]["accuracy"] == row["accuracy"]
@@ -110,6 +112,34 @@ def test_reference_rows_come_from_their_stages_evaluation_of_the_same_file(host_
         assert main(["evaluate", "--model", row["path"], "--data", str(val), "--json"]) == 0
         got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert got["accuracy"] == pytest.approx(row["accuracy"])
+
+
+def test_card_thresholds_come_from_the_distill_stages_kept_embeddings(host_run):
+    """export reads the unmirrored embeddings the distill evaluation kept; they and the card's thresholds
+    equal what the checkpoint computes now in PyTorch, one image per face, no mirror."""
+    from deploy.model_card import threshold_table
+    from distill.data.verification_bin import load_verification_bin
+    from distill.evaluation import torch_embed_fn
+    from distill.metrics.verification import embed_pairs
+    from distill.models.checkpoint import load_model
+
+    record = json.loads((host_run / "distill" / "evaluation.json").read_text())
+    assert record["plain_embeddings"] == {"set": "synth_val", "files": {"student": "plain_student.npy"}}
+    kept = np.load(host_run / "distill" / "plain_student.npy")
+    val = load_verification_bin(host_run / "data" / "synth_val.bin")
+    model = load_model(host_run / "distill" / "student.pt")[0].eval()
+    now, _ = embed_pairs(torch_embed_fn(model), val.images, batch_size=7, flip=False)
+    np.testing.assert_allclose(kept, now, rtol=0, atol=1e-5 * np.abs(now).max())  # the twin's tolerance
+    expected = threshold_table(now[0::2], now[1::2], val.issame)["at_far"]
+    onnx_card = next(p for p in (host_run / "export").glob("*.json") if "thresholds" in p.read_text())
+    got = json.loads(onnx_card.read_text())["thresholds"]["at_far"]
+    assert got.keys() == expected.keys()
+    for far, entry in expected.items():
+        if entry["cosine"] is None:
+            assert got[far]["cosine"] is None
+        else:
+            assert got[far]["cosine"] == pytest.approx(entry["cosine"], rel=1e-4)
+            assert got[far]["tar"] == pytest.approx(entry["tar"])
 
 
 def test_saved_evaluation_is_used_only_for_the_same_file_sets_and_flip(tmp_path):

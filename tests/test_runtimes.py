@@ -265,6 +265,45 @@ def test_a_twin_that_does_not_reproduce_the_file_is_not_used(tmp_path):
     assert twin is emb and "differed by" in how
 
 
+def test_a_float_module_is_evaluated_through_an_onnxruntime_copy_equal_to_it(net):
+    from deploy.runtimes import module_evaluation_twin
+
+    twin, how = module_evaluation_twin(net, images(8, seed=4), num_threads=1, name="student")
+    assert twin.format == "onnx" and "onnxruntime copy" in how
+    x = images(40, seed=9)  # other images than the sample, and more than one chunk
+    np.testing.assert_allclose(twin.embed(x), reference(net, x), rtol=1e-4, atol=1e-5)
+
+
+class TracedBranch(nn.Module):
+    """Data-dependent control flow: tracing bakes in the branch the example input took."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3))
+        return pooled * 2 if bool(x.min() > -1.5) else pooled - 5  # the exporter's example is in [-1, 1]
+
+
+class NumpyInside(nn.Module):
+    """Leaves torch for numpy mid-forward: nothing an ONNX exporter can trace."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.tanh(x.mean(dim=(2, 3)).detach().numpy())) * self.scale
+
+
+def test_a_module_whose_copy_differs_or_does_not_export_is_evaluated_itself():
+    from deploy.runtimes import module_evaluation_twin
+
+    dark = images(8, seed=5) - 1.0  # below -1.5 somewhere: the branch the trace did not take
+    own, how = module_evaluation_twin(TracedBranch(), dark, num_threads=1)
+    assert own.format == "pytorch" and "differed by" in how
+    np.testing.assert_allclose(own.embed(dark), dark.mean(axis=(2, 3)) - 5, rtol=1e-5)
+    own, how = module_evaluation_twin(NumpyInside(), images(4), num_threads=1)
+    assert own.format == "pytorch" and "no onnxruntime copy" in how
+
+
 @pytest.mark.slow
 def test_tflite_batch1_file_gets_a_resized_interpreter_twin(net, tmp_path):
     from deploy.runtimes import EVAL_TWIN_BATCH, evaluation_twin
