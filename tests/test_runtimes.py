@@ -229,7 +229,7 @@ def test_onnx_batch1_file_gets_a_batched_twin_that_reproduces_it(net, onnx_paths
 
     emb = OnnxEmbedder(onnx_paths["b1"], num_threads=1)
     twin, how = evaluation_twin(emb, images(16, seed=5))
-    assert twin is not emb and twin.batch_size is None and f"batch-{EVAL_TWIN_BATCH} copy" in how
+    assert twin is not emb and twin.batch_size is None and f"(batch-{EVAL_TWIN_BATCH})" in how
     x = images(70, seed=6)  # other images than the sample, more than one batch
     np.testing.assert_allclose(twin.embed(x), emb.embed(x), rtol=1e-5, atol=1e-6)
     # the shipped file is untouched; the copy's batch axis is symbolic
@@ -263,6 +263,30 @@ def test_a_twin_that_does_not_reproduce_the_file_is_not_used(tmp_path):
     emb = OnnxEmbedder(path)
     twin, how = evaluation_twin(emb, images(16, seed=7))
     assert twin is emb and "differed by" in how
+
+
+def test_a_float16_file_is_evaluated_with_its_prelu_in_float32_bit_for_bit(net, onnx_paths, tmp_path):
+    """The rewrite is exact: the twin's embeddings equal the float16 file's, bit for bit, and that file
+    still runs its float16 PRelu (the twin is a copy; the shipped bytes are untouched)."""
+    import onnx
+
+    from deploy.onnx_fp16 import convert_onnx_fp16
+    from deploy.runtimes import evaluation_twin, prelu_fp16_via_fp32
+
+    path = convert_onnx_fp16(onnx_paths["dyn"], tmp_path / "fp16.onnx")
+    before = path.read_bytes()
+    emb = OnnxEmbedder(path, num_threads=1)
+    twin, how = evaluation_twin(emb, images(8, seed=11))
+    assert twin is not emb and "its 2 float16 PRelu run in float32 between casts" in how, how
+    x = images(20, seed=12)
+    np.testing.assert_array_equal(twin.embed(x), emb.embed(x))
+    assert path.read_bytes() == before
+    model = onnx.load(str(path))
+    assert prelu_fp16_via_fp32(model) == 2
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("PRelu") == 2 and ops.count("Cast") >= 2 + 3 * 2  # I/O casts + three per PRelu
+    onnx.checker.check_model(model, full_check=True)
+    assert prelu_fp16_via_fp32(onnx.load(str(onnx_paths["dyn"]))) == 0  # float32 PRelu stay as they are
 
 
 def test_a_float_module_is_evaluated_through_an_onnxruntime_copy_equal_to_it(net):
