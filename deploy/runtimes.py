@@ -466,7 +466,7 @@ def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, s
         got = twin.embed(sample)
     except Exception as exc:  # a graph whose batch axis cannot be freed: evaluate the file as it is
         return embedder, f"the file itself{_per_call(batched)} (no copy: {_first_line(exc)})"
-    diff, same = _twin_difference(reference, got)
+    diff, same = twin_difference(reference, got)
     if not same:
         return embedder, f"the file itself{_per_call(batched)} (a copy differed by {diff:.2e})"
     what = [f"batch-{EVAL_TWIN_BATCH}"] if batched else []
@@ -483,7 +483,7 @@ def _per_call(batched: bool) -> str:
 TWIN_RTOL = 1e-5  # a twin's largest difference from the original, relative to the largest |embedding|
 
 
-def _twin_difference(reference: np.ndarray, got: np.ndarray) -> tuple[float, bool]:
+def twin_difference(reference: np.ndarray, got: np.ndarray) -> tuple[float, bool]:
     """Largest |got - reference|, and whether it is within ``TWIN_RTOL`` of the embeddings' scale."""
     scale = float(np.abs(reference).max()) or 1.0
     diff = float(np.abs(got - reference).max()) if got.shape == reference.shape else float("inf")
@@ -515,7 +515,7 @@ def module_evaluation_twin(
         reference, got = own.embed(sample), twin.embed(sample)
     except Exception as exc:  # an architecture the exporter cannot trace: evaluate the module as it is
         return own, f"the module itself (no onnxruntime copy: {_first_line(exc)})"
-    diff, same = _twin_difference(reference, got)
+    diff, same = twin_difference(reference, got)
     if not same:
         return own, f"the module itself (its onnxruntime copy differed by {diff:.2e})"
     return twin, (

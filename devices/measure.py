@@ -8,7 +8,7 @@ host number passed off as a device number.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deploy.runtimes import EVAL_TWIN_SAMPLE, evaluation_twin, load_embedder
+from deploy.runtimes import EVAL_TWIN_SAMPLE, evaluation_twin, load_embedder, twin_difference
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
 from devices.latency import interleaved_latency, latency_conditions, load_snapshot
 from devices.rows import LatencySummary, ResultRow
@@ -30,6 +30,16 @@ HOST_RUNTIMES = ("onnx", "tflite")  # formats this machine runs (onnxruntime, Li
 LatencyQueue = list[tuple[ResultRow, Any]]  # (row, embedder): rows whose host latency is still to come
 
 
+@dataclass(frozen=True)
+class SourceEvaluation:
+    """An earlier stage's evaluation of the model an artifact was made from, for the file to reuse when it
+    computes the same embeddings (checked on a sample, as an evaluation twin is)."""
+
+    fields: dict[str, Any]  # the verification fields of that model (flip as measure.flip, the same sets)
+    plain: np.ndarray  # its unmirrored embeddings of the first set's images, in order
+    what: str  # e.g. "the distill stage's evaluation of student.pt (sha256 checked)"
+
+
 def host_accuracy(
     source: Path | Any,
     sets: list[VerificationSet],
@@ -38,25 +48,45 @@ def host_accuracy(
     flip: bool = True,
     name: str | None = None,
     saved: tuple[dict[str, Any], str] | None = None,
+    made_from: SourceEvaluation | None = None,
 ) -> tuple[dict[str, Any], Any]:
     """Accuracy fields of one artifact file, module or ready Embedder on this machine, and its Embedder.
 
     ``saved``: (fields, who computed them) when an earlier stage already evaluated this very file the
-    same way; they are used as they are, not computed twice. The latency comes later, from
-    :func:`add_host_latency`, interleaved with every other model measured.
+    same way; they are used as they are, not computed twice. ``made_from``: the evaluation of the model
+    the file was exported from; used when the file reproduces that model's embeddings on the first
+    ``EVAL_TWIN_SAMPLE`` images to ``TWIN_RTOL`` (the standard an evaluation twin meets), else the file is
+    evaluated. The latency comes later, from :func:`add_host_latency`, interleaved with every other model.
     """
     is_embedder = hasattr(source, "run_once") and hasattr(source, "latency_input")
     embedder = source if is_embedder else load_embedder(source, num_threads=threads, name=name)
+    sample = to_model_input(torch.from_numpy(np.ascontiguousarray(sets[0].images[:EVAL_TWIN_SAMPLE])))
+    reused = _reuse(embedder, sample.numpy(), made_from) if saved is None else None
     if saved is not None:
         row, how = dict(saved[0]), saved[1]
+    elif reused is not None:
+        row, how = reused
     else:
-        sample = to_model_input(torch.from_numpy(np.ascontiguousarray(sets[0].images[:EVAL_TWIN_SAMPLE])))
         evaluator, how = evaluation_twin(embedder, sample.numpy())  # batch-1 files: a batched copy
         row = accuracy_fields(evaluator, sets, flip)
     row["accuracy_via"] = how
     row["measured_on"] = HOST_LABEL
     row["host"] = host_description()  # kept in the row's details
     return row, embedder
+
+
+def _reuse(
+    embedder: Any, sample: np.ndarray, made_from: SourceEvaluation | None
+) -> tuple[dict[str, Any], str] | None:
+    """(fields, how) of ``made_from`` when the file reproduces its embeddings on ``sample``, else None."""
+    if made_from is None or len(made_from.plain) < len(sample):
+        return None
+    diff, same = twin_difference(made_from.plain[: len(sample)], embedder.embed(sample))
+    if not same:
+        return None
+    fields = {k: v for k, v in made_from.fields.items() if k != "accuracy_via"}
+    how = f"{made_from.what}, which this file reproduces on {len(sample)} images (max |diff| {diff:.1e})"
+    return fields, how
 
 
 def add_host_latency(
@@ -128,6 +158,7 @@ def measure_rows(
     estimate_graphs: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _: None,
     delegate: str = "xnnpack",
+    made_from: dict[str, SourceEvaluation] | None = None,
 ) -> list[ResultRow]:
     """One row per artifact x target: the host always; the chosen device target as well.
 
@@ -142,6 +173,9 @@ def measure_rows(
     Every .onnx/.tflite is first checked against its contract for ``target`` (``delegate`` on Android):
     the result goes in each of its rows (``contract``); a violation is the rows' first note, as a golden
     mismatch is (the numbers stay: they are those of the file, which is not what it says it is).
+
+    ``made_from`` maps an artifact's source stage ("distill", "qat") to that model's saved evaluation: a
+    file that reproduces it on a sample takes its accuracy (:func:`host_accuracy`) instead of evaluating.
     """
     rows: list[ResultRow] = []
     for art in tqdm(artifacts, desc="measure", unit="artifact", disable=not progress):
@@ -167,7 +201,8 @@ def measure_rows(
                 ResultRow.from_dict({**base, "role": "artifact", "target": target, "latency_note": note})
             )
             continue
-        fields, embedder = host_accuracy(path, sets, threads=threads, flip=flip)
+        source = (made_from or {}).get(art.get("source", "distill"))
+        fields, embedder = host_accuracy(path, sets, threads=threads, flip=flip, made_from=source)
         host = ResultRow.from_dict({**base, "role": "artifact", "target": "host", **fields})
         rows.append(host)
         latency_queue.append((host, embedder))

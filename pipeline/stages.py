@@ -819,6 +819,7 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
             estimate_graphs=graphs,
             log=ctx.log,
             delegate=ctx.connection.delegate,
+            made_from=_source_evaluations(ctx, vals),
         )
         estimator = _estimator_queue(ctx, graphs)
         ctx.log(
@@ -851,6 +852,24 @@ def stage_measure(ctx: Context) -> dict[str, Any]:
         return StageOutcome(["results.json"], {"rows": len(rows)})
 
     return ctx.run.run("measure", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
+
+
+def _source_evaluations(ctx: Context, vals: list[Any]) -> dict[str, Any]:
+    """Per source stage, the saved evaluation of the model its artifacts were exported from (fields and
+    unmirrored embeddings of this very checkpoint), for files that reproduce it to reuse."""
+    from devices.measure import SourceEvaluation
+
+    out = {}
+    for stage, name in (("distill", "student"), ("qat", "qat")):
+        path = ctx.run.stage_dir(stage) / f"{name}.pt"
+        if not vals or not path.is_file():
+            continue
+        fields = saved_evaluation(ctx, stage, name, path, vals)
+        plain = saved_plain_embeddings(ctx, stage, name, path, vals[0])
+        if fields is not None and plain is not None:
+            what = f"the {stage} stage's evaluation of {path.name} (sha256 checked)"
+            out[stage] = SourceEvaluation(fields, plain, what)
+    return out
 
 
 def _val_sets(ctx: Context, vals: list[Any]) -> dict[str, Any]:
