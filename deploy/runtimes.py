@@ -498,12 +498,10 @@ def module_evaluation_twin(
     onnxruntime fuses what eager PyTorch runs op by op (BatchNorm into the convolutions): on this 2-core
     CPU MobileFaceNet evaluates about 1.9x and the iResNet teacher 1.25x faster (benchmarks/eval_twin.py).
     The twin is used only when it reproduces the module on ``sample`` (float32 NCHW) to ``TWIN_RTOL``;
-    a module that does not export (or is on a GPU, where PyTorch is the faster one) is evaluated as it is.
+    a module that does not export is evaluated as it is (on the CPU: on a GPU, PyTorch is the fast one).
     Returns (embedder to evaluate with, how its accuracy was computed).
     """
     own = TorchEmbedder(model, num_threads=num_threads, name=name)
-    if any(p.is_cuda for p in model.parameters()):
-        return own, "the module itself (on its GPU)"
     import tempfile
 
     from deploy.onnx_export import export_onnx
