@@ -289,6 +289,25 @@ def test_a_float16_file_is_evaluated_with_its_prelu_in_float32_bit_for_bit(net, 
     assert prelu_fp16_via_fp32(onnx.load(str(onnx_paths["dyn"]))) == 0  # float32 PRelu stay as they are
 
 
+def test_prelu_slopes_shared_through_identity_nodes_are_rewritten_too(tmp_path):
+    """The exporter deduplicates equal slopes (fresh PReLUs all start at 0.25) into Identity nodes."""
+    import onnx
+
+    from deploy.onnx_fp16 import convert_onnx_fp16
+    from deploy.runtimes import evaluation_twin, prelu_fp16_via_fp32
+
+    torch.manual_seed(5)
+    fresh = SmallFaceNet().eval()  # both PReLU(12) at their initial 0.25: one constant, shared
+    path = convert_onnx_fp16(export_onnx(fresh, tmp_path / "f.onnx", batch_size=None), tmp_path / "h.onnx")
+    model = onnx.load(str(path))
+    assert "Identity" in [n.op_type for n in model.graph.node]  # what this test is about
+    assert prelu_fp16_via_fp32(model) == 2
+    emb = OnnxEmbedder(path, num_threads=1)
+    twin, how = evaluation_twin(emb, images(4, seed=13))
+    assert "its 2 float16 PRelu" in how
+    np.testing.assert_array_equal(twin.embed(images(6, seed=14)), emb.embed(images(6, seed=14)))
+
+
 def test_a_float_module_is_evaluated_through_an_onnxruntime_copy_equal_to_it(net):
     from deploy.runtimes import module_evaluation_twin
 
