@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch import nn
 
 from distill.config import LossSpec, TrainConfig
 from distill.engine.train import TeacherTargets, TrainJob, train
 from distill.losses import LossDims, build_losses
+from tests.helpers.gloo import Faces, NoBatchNormNet, become_rank, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -23,32 +22,6 @@ SPECS = [
     LossSpec("ekd", 1.0, {"top_k": 20}),
     LossSpec("rpsd", 1.0, {"bank_size": 32, "k_neg": 4}),
 ]
-
-
-class Faces:
-    def __init__(self, n=32, classes=4):
-        rng = np.random.default_rng(0)
-        self.labels = np.arange(n) % classes
-        self.images = rng.integers(0, 255, size=(n, 112, 112, 3), dtype=np.uint8)
-        self.num_classes = classes
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
-
-
-class NoBatchNormNet(nn.Module):
-    """Batch norm statistics are per-process by design, so the equivalence is shown on a BN-free net."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 8, stride=8)
-        self.fc = nn.Linear(4 * 14 * 14, 8)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 def run(out_dir, steps=3):
@@ -77,14 +50,7 @@ def run(out_dir, steps=3):
 
 
 def _worker(rank, world, port, out_dir):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     job, summary = run(out_dir)
     if rank == 0:
         result = {
@@ -96,16 +62,10 @@ def _worker(rank, world, port, out_dir):
     torch.distributed.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one(tmp_path):
     single, s_summary = run(tmp_path / "single")
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, 2, port, tmp_path / "ddp")) for r in range(2)]
     for p in procs:
         p.start()
@@ -142,7 +102,7 @@ def test_pipeline_stages_under_torchrun(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "pipeline",
         "distill",

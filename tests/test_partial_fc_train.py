@@ -3,9 +3,6 @@ one process with the full head; shard checkpoints resume on the same or another 
 
 from __future__ import annotations
 
-import os
-import socket
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +14,7 @@ from distill.engine.sharded_heads import load_rows, reshard, shard_file
 from distill.engine.train import TeacherTargets, TrainJob, train
 from distill.losses import LossDims, build_losses
 from distill.losses.partial_fc import shard_range
+from tests.helpers.gloo import Faces, NoBatchNormNet, become_rank, free_port
 
 CLASSES = 5  # two ranks: shards of 3 and 2 classes
 KINDS = ["arcface", "cosface", "teacher_head", "margin_distillation"]
@@ -26,31 +24,6 @@ def specs(kind: str, sharded: bool) -> list[LossSpec]:
     extra = {"sharded": True} if sharded else {}
     margin = {"margin_max": 0.4, "margin_min": 0.1} if kind == "margin_distillation" else {"margin": 0.2}
     return [LossSpec(kind, 1.0, {"scale": 16.0, **margin, **extra}), LossSpec("feature_l2", 2.0)]
-
-
-class Faces:
-    def __init__(self, n=40):
-        rng = np.random.default_rng(0)
-        self.labels = np.arange(n) % CLASSES
-        self.images = rng.integers(0, 255, size=(n, 112, 112, 3), dtype=np.uint8)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], int(self.labels[i])
-
-
-class NoBatchNormNet(nn.Module):
-    """BN statistics are per-process by design, so the equivalence is shown on a BN-free net."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 8, stride=8)
-        self.fc = nn.Linear(4 * 14 * 14, 8)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
 
 
 def run(out_dir, kind="arcface", sharded=True, steps=3, stop_after=0):
@@ -70,7 +43,7 @@ def run(out_dir, kind="arcface", sharded=True, steps=3, stop_after=0):
         model=NoBatchNormNet(),
         losses=terms,
         weights={k: s.weight for k, s in zip(terms.keys(), loss_specs, strict=True)},
-        dataset=Faces(),
+        dataset=Faces(40, CLASSES),
         cfg=cfg,
         out_dir=out_dir,
         teacher=teacher,
@@ -81,14 +54,7 @@ def run(out_dir, kind="arcface", sharded=True, steps=3, stop_after=0):
 
 
 def _worker(rank, world, port, out_dir, kind, stop_after):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    become_rank(rank, world, port)
     job, summary = run(out_dir, kind, stop_after=stop_after)
     if rank == 0:
         state = {
@@ -101,9 +67,7 @@ def _worker(rank, world, port, out_dir, kind, stop_after):
 
 
 def _spawn(out_dir, kind, stop_after=0, world=2):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(r, world, port, out_dir, kind, stop_after)) for r in range(world)
@@ -220,7 +184,6 @@ def test_sampling_needs_the_sharded_head():
 
 def test_ddp_private_ignore_list_is_still_there():
     """ddp_ignore reaches into DDP's private ignore list; this fails loudly when torch renames it."""
-    from torch import nn
 
     from distill.engine.sharded_heads import ddp_ignore
 

@@ -52,6 +52,15 @@ def test_same_seed_gives_identical_files(tiny_dir: Path, tmp_path: Path) -> None
     assert (tmp_path / "other" / "train.rec").read_bytes() != (tiny_dir / "train.rec").read_bytes()
 
 
+def test_one_process_and_two_write_the_same_bytes(tiny_dir: Path, tmp_path: Path) -> None:
+    """Faces are rendered by worker processes; each identity and pair has its own seeded generator."""
+    synthesize(tmp_path / "one", SynthSpec.tiny(), progress=False, workers=1)
+    synthesize(tmp_path / "two", SynthSpec.tiny(), progress=False, workers=2)
+    for name in FILES:
+        one = (tmp_path / "one" / name).read_bytes()
+        assert one == (tmp_path / "two" / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+
+
 def test_val_folds_are_balanced() -> None:
     spec = SynthSpec(train_identities=1, images_per_identity=1, val_identities=30, val_pairs=300)
     pairs, issame = synth.val_pair_plan(spec)

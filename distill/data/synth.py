@@ -898,15 +898,60 @@ class SynthSpec:
             raise ValueError("seed must be >= 0")
 
 
-def _train_items(spec: SynthSpec, progress: bool) -> Iterator[tuple[int, bytes]]:
+def _identity_jpegs(spec: SynthSpec, k: int) -> list[bytes]:
+    """Training identity ``k``'s images: drawn from its own seeded generator, so any process can make them."""
+    ident = identity_for(spec.seed, "train", k, spec.difficulty)
+    rng = np.random.default_rng([spec.seed, _TRAIN_IMG, k])
+    out = []
+    for _ in range(spec.images_per_identity):
+        var = sample_variation(rng, ident, spec.difficulty, spec.jpeg_quality_range)
+        out.append(encode_jpeg(render_face(ident, var, rng), var.jpeg_quality))
+    return out
+
+
+def _val_pair_jpegs(spec: SynthSpec, i: int, pair: tuple[int, int]) -> list[bytes]:
+    """Verification pair ``i``'s two images (identities by index), from the pair's own seeded generator."""
+    rng = np.random.default_rng([spec.seed, _VAL_IMG, i])
+    out = []
+    for v in pair:
+        ident = _val_identity(spec.seed, v, spec.difficulty)
+        var = sample_variation(rng, ident, spec.difficulty, spec.jpeg_quality_range)
+        out.append(encode_jpeg(render_face(ident, var, rng), var.jpeg_quality))
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _val_identity(seed: int, v: int, difficulty: float) -> Identity:
+    return identity_for(seed, "val", v, difficulty)
+
+
+def _in_order(fn: Any, args: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
+    """``fn(*a)`` for each ``a``, in order; over ``workers`` spawned processes when more than one.
+
+    Spawn, not fork: the parent may already run torch's or other libraries' threads, which a forked
+    child would inherit half-initialised.
+    """
+    if workers <= 1 or len(args) < 2:
+        yield from (fn(*a) for a in args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        yield from pool.map(fn, *zip(*args, strict=True), chunksize=max(1, len(args) // (8 * workers)))
+
+
+def _train_items(spec: SynthSpec, progress: bool, workers: int = 1) -> Iterator[tuple[int, bytes]]:
     from tqdm import tqdm
 
-    for k in tqdm(range(spec.train_identities), desc="synth train", unit="id", disable=not progress):
-        ident = identity_for(spec.seed, "train", k, spec.difficulty)
-        rng = np.random.default_rng([spec.seed, _TRAIN_IMG, k])
-        for _ in range(spec.images_per_identity):
-            var = sample_variation(rng, ident, spec.difficulty, spec.jpeg_quality_range)
-            yield k, encode_jpeg(render_face(ident, var, rng), var.jpeg_quality)
+    ids = [(spec, k) for k in range(spec.train_identities)]
+    per_identity = _in_order(_identity_jpegs, ids, workers)
+    for k, jpegs in enumerate(
+        tqdm(per_identity, total=len(ids), desc="synth train", unit="id", disable=not progress)
+    ):
+        for jpeg in jpegs:
+            yield k, jpeg
 
 
 def val_pair_plan(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -927,25 +972,34 @@ def val_pair_plan(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
     return pairs, issame
 
 
-def synthesize(out_dir: str | os.PathLike, spec: SynthSpec, progress: bool = True) -> dict[str, Any]:
-    """Write ``train.rec/.idx``, ``property``, ``synth_val.bin`` and ``synth_meta.json`` into ``out_dir``."""
+def synthesize(
+    out_dir: str | os.PathLike, spec: SynthSpec, progress: bool = True, workers: int | None = None
+) -> dict[str, Any]:
+    """Write ``train.rec/.idx``, ``property``, ``synth_val.bin`` and ``synth_meta.json`` into ``out_dir``.
+
+    ``workers`` processes render the faces (default: one per core); every identity and pair draws from
+    its own seeded generator, so the files are the same bytes for any number of workers.
+    """
     from tqdm import tqdm
 
     spec.validate()
+    workers = workers or os.cpu_count() or 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    counts = write_insightface_rec(out, _train_items(spec, progress), spec.train_identities)
+    counts = write_insightface_rec(out, _train_items(spec, progress, workers), spec.train_identities)
     val_images: list[bytes] = []
     pairs, issame = val_pair_plan(spec)
-    idents: dict[int, Identity] = {}
-    for i in tqdm(range(len(pairs)), desc="synth val", unit="pair", disable=not progress):
-        rng = np.random.default_rng([spec.seed, _VAL_IMG, i])
-        for v in pairs[i].tolist():
-            if v not in idents:
-                idents[v] = identity_for(spec.seed, "val", v, spec.difficulty)
-            var = sample_variation(rng, idents[v], spec.difficulty, spec.jpeg_quality_range)
-            val_images.append(encode_jpeg(render_face(idents[v], var, rng), var.jpeg_quality))
+    jobs = [(spec, i, tuple(pairs[i].tolist())) for i in range(len(pairs))]
+    for jpegs in tqdm(
+        _in_order(_val_pair_jpegs, jobs, workers),
+        total=len(jobs),
+        desc="synth val",
+        unit="pair",
+        disable=not progress,
+    ):
+        val_images.extend(jpegs)
+    idents = set(pairs.reshape(-1).tolist())
     if len(pairs):
         write_verification_bin(out / "synth_val.bin", val_images, issame.tolist())
     meta = {
