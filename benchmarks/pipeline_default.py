@@ -26,6 +26,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_description() -> dict[str, object]:
+    """The CPU's model and the vector/matrix extensions that pick oneDNN's kernels (and so the float
+    rounding of training): runs on different CPUs are different samples, not the same computation."""
+    info: dict[str, object] = {"model": platform.processor() or None, "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not info.get("model_name"):
+            info["model_name"] = value.strip()
+        if key.strip() == "flags":
+            wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_fp16")
+            info["flags"] = [f for f in wanted if f in value.split()]
+            break
+    return info
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench-default")
@@ -124,7 +143,7 @@ def main() -> int:
             for r in results["rows"]
         ],
         "checks": checks,
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu": cpu_description()},
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
