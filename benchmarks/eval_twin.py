@@ -115,7 +115,7 @@ def main() -> int:
     for r in rows:
         table.append(
             f"| {r['model']} | {r['original_img_s']:.1f} | {r['twin_img_s']:.1f} | {r['speedup']:.2f}x | "
-            f"{r['max_rel_diff']:.1e} | {r['twin']} |"
+            f"{r['max_rel_diff']:.1e} | {r['twin'].replace('|', chr(92) + '|')} |"
         )
     text = "\n".join(table)
     print(text)
