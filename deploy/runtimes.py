@@ -500,15 +500,16 @@ def module_evaluation_twin(
     """A float PyTorch module as an onnxruntime session, for evaluating it on a CPU; or the module itself.
 
     onnxruntime fuses what eager PyTorch runs op by op (BatchNorm into the convolutions): on this 2-core
-    CPU MobileFaceNet evaluates about 1.9x and the iResNet teacher 1.25x faster (benchmarks/eval_twin.py).
+    CPU MobileFaceNet evaluates 1.9x and the iResNet teacher 1.6x faster (benchmarks/eval_twin.py).
     The twin is used only when it reproduces the module on ``sample`` (float32 NCHW) to ``TWIN_RTOL``;
     a module that does not export is evaluated as it is (on the CPU: on a GPU, PyTorch is the fast one).
     Returns (embedder to evaluate with, how its accuracy was computed).
     """
-    own = TorchEmbedder(model, num_threads=num_threads, name=name)
     import tempfile
 
     from deploy.onnx_export import export_onnx
+
+    own = TorchEmbedder(model, num_threads=num_threads, name=name)
 
     try:
         with tempfile.TemporaryDirectory(prefix="facekd-twin-") as tmp:
