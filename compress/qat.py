@@ -123,6 +123,7 @@ def quantization_aware_distill(
         workers=workers,
         stop_after_step=stop_after_step,
         no_decay=SCALE_PARAMS,
+        evaluate_at_end="qat" not in evaluate_models,  # evaluated below, once, with its embeddings kept
     )
     summary = train(job)
     qmodel = qmodel.cpu().eval()

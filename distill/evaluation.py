@@ -92,11 +92,16 @@ def _thin(values: Any, max_points: int = 200) -> list[float]:
 
 def summary_metrics(results: dict[str, VerificationResult]) -> dict[str, Any]:
     """Flat numbers for logs and TensorBoard: ``<set>/accuracy`` etc."""
+    return fields_summary(verification_fields(results))
+
+
+def fields_summary(fields: dict[str, Any]) -> dict[str, Any]:
+    """``summary_metrics`` of results already reduced to ``verification_fields`` (a saved evaluation)."""
     out: dict[str, Any] = {}
-    for name, r in results.items():
-        out[f"{name}/accuracy"] = float(r.accuracy)
-        out[f"{name}/accuracy_std"] = float(r.accuracy_std)
-        for far, tar in r.tar_at_far.items():
+    for name, r in fields["sets"].items():
+        out[f"{name}/accuracy"] = float(r["accuracy"])
+        out[f"{name}/accuracy_std"] = float(r["accuracy_std"])
+        for far, tar in r["tar_at_far"].items():
             if tar is not None:
                 out[f"{name}/tar@far={far}"] = float(tar)
     return out

@@ -41,8 +41,13 @@ def fit_model(
     where: str = "losses",
     teacher_head: torch.Tensor | None = None,
     stop_after_step: int = 0,
+    evaluate_at_end: bool = True,
 ) -> tuple[Path, TrainSummary]:
-    """Train ``arch`` with the weighted ``losses``; write ``<out_dir>/<name>.pt`` (facekd model format)."""
+    """Train ``arch`` with the weighted ``losses``; write ``<out_dir>/<name>.pt`` (facekd model format).
+
+    ``evaluate_at_end=False``: the caller evaluates the written checkpoint itself, so the engine's
+    ``eval_every`` evaluations stop short of the last step instead of computing the same numbers twice.
+    """
     torch.manual_seed(train_cfg.seed)
     arch_kwargs = {"embedding_dim": embedding_dim, **arch_params}
     model = build_backbone(arch, **arch_kwargs)
@@ -72,6 +77,7 @@ def fit_model(
         progress=progress,
         workers=workers,
         stop_after_step=stop_after_step,
+        evaluate_at_end=evaluate_at_end,
     )
     summary = train(job)
     extra: dict[str, Any] = {

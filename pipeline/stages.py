@@ -329,6 +329,7 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
                 workers=ctx.cfg.data.workers,
                 progress=ctx.progress,
                 where="teacher.losses",
+                evaluate_at_end=False,  # _record_trained evaluates the checkpoint, once
             )
             contract = InputContract(
                 origin={k: "trained here" for k in ("layout", "scaling", "size", "batch")}
@@ -340,10 +341,10 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
                 "input": contract.to_dict(),
                 "images_per_second": summary.images_per_second,
                 "steps": summary.steps,
-                **(summary.evaluations[-1] if summary.evaluations else {}),
             }
+            recorded, final = _record_trained(ctx, work, "teacher", vals, stage="teacher")
+            metrics.update(final)
             write_json(work / "teacher.json", metrics)
-            recorded = _record_trained(ctx, work, "teacher", vals)
             return StageOutcome(["teacher.pt", "teacher.json", "history.json", *recorded], metrics)
 
     trains = not (t.onnx or t.checkpoint)
@@ -352,11 +353,14 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
     )
 
 
-def _record_trained(ctx: Context, work: Path, name: str, vals: list[Any]) -> list[str]:
+def _record_trained(
+    ctx: Context, work: Path, name: str, vals: list[Any], stage: str
+) -> tuple[list[str], dict[str, Any]]:
     """Evaluate the checkpoint a training stage wrote (``<name>.pt``), once, for the measure stage.
 
     On a CPU it is evaluated through an onnxruntime copy proven equal to it on a sample
-    (``module_evaluation_twin``: about twice as fast for MobileFaceNet). Returns the files written.
+    (``module_evaluation_twin``: about twice as fast for MobileFaceNet). Returns the files written and
+    the flat ``<set>/accuracy`` figures for the stage's own record and console line.
     """
     import numpy as np
     import torch
@@ -364,12 +368,12 @@ def _record_trained(ctx: Context, work: Path, name: str, vals: list[Any]) -> lis
     from deploy.runtimes import EVAL_TWIN_SAMPLE, module_evaluation_twin
     from distill.data.transforms import to_model_input
     from distill.engine.distributed import current_dist
-    from distill.evaluation import torch_embed_fn
+    from distill.evaluation import fields_summary, torch_embed_fn
     from distill.models.checkpoint import load_model
 
     path = work / f"{name}.pt"
     if not (path.is_file() and current_dist().is_main and vals):  # rank 0 evaluates; the others wait
-        return []
+        return [], {}
     model = load_model(path)[0].eval()
     if torch.cuda.is_available():  # a GPU box: PyTorch on the GPU is the fast way
         embed, how = torch_embed_fn(model.cuda()), "the checkpoint in PyTorch on the GPU"
@@ -380,10 +384,11 @@ def _record_trained(ctx: Context, work: Path, name: str, vals: list[Any]) -> lis
         def embed(x: Any) -> np.ndarray:
             return embedder.embed(x.numpy())
 
-    ctx.log(f"[{work.name.strip('.').split('.')[0]}] evaluating {path.name}: {how}")
+    ctx.log(f"[{stage}] evaluating {path.name}: {how}")
 
-    evaluate_and_record(ctx, work, {name: (path, embed)}, vals, how={name: how})
-    return [f for f in (EVALUATION_FILE, f"plain_{name}.npy") if (work / f).is_file()]
+    fields = evaluate_and_record(ctx, work, {name: (path, embed)}, vals, how={name: how})
+    written = [f for f in (EVALUATION_FILE, f"plain_{name}.npy") if (work / f).is_file()]
+    return written, fields_summary(fields[name])
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
@@ -494,15 +499,16 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
             progress=ctx.progress,
             where="distill.losses",
             teacher_head=head,
+            evaluate_at_end=False,  # _record_trained evaluates the checkpoint, once
         )
+        recorded, final = _record_trained(ctx, work, "student", vals, stage="distill")
         metrics = {
             "images_per_second": summary.images_per_second,
             "steps": summary.steps,
             "final_losses": summary.final_losses,
-            **(summary.evaluations[-1] if summary.evaluations else {}),
+            **final,
         }
         write_json(work / "student.json", metrics)
-        recorded = _record_trained(ctx, work, "student", vals)
         return StageOutcome(["student.pt", "student.json", "history.json", *recorded], metrics)
 
     return ctx.run.run("distill", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)

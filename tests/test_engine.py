@@ -184,3 +184,16 @@ def test_cpu_bf16_autocast_only_when_asked_and_native(tmp_path, monkeypatch):
     a, b = train(fp32), train(bf16)
     assert a.final_losses["total"] != b.final_losses["total"]
     assert a.final_losses["total"] == pytest.approx(b.final_losses["total"], rel=0.05)
+
+
+@pytest.mark.parametrize("at_end, expected", [(True, [2, 4, 6]), (False, [2, 4])])
+def test_eval_every_evaluates_at_the_end_unless_the_caller_does(tmp_path, at_end, expected):
+    """A stage that evaluates the written checkpoint itself asks the engine not to do it a second time."""
+    job = make_job(tmp_path, steps=6)
+    job.cfg.eval_every = 2
+    seen = []
+    job.evaluate = lambda model: seen.append(model.training) or {"val/accuracy": 0.5}
+    job.evaluate_at_end = at_end
+    summary = train(job)
+    assert [e["step"] for e in summary.evaluations] == expected
+    assert seen == [False] * len(expected)  # evaluated in eval mode, then back to training

@@ -116,6 +116,9 @@ def test_reference_rows_come_from_their_stages_evaluation_of_the_same_file(host_
         saved = json.loads((host_run / stage / "evaluation.json").read_text())
         assert saved["sha256"][role] == sha256_file(Path(row["path"])) == row["sha256"]
         assert saved["models"][role]["accuracy"] == row["accuracy"]
+        # the stage's own record (and its console line) carries that one evaluation's figures
+        record = json.loads((host_run / stage / f"{role}.json").read_text())
+        assert record[f"{saved['val_sets'][0]}/accuracy"] == row["accuracy"]
         # a second path to the same number: the evaluate command on the checkpoint, computed now
         assert main(["evaluate", "--model", row["path"], "--data", str(val), "--json"]) == 0
         got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -76,6 +76,9 @@ class TrainJob:
     # parameters whose name contains one of these get no weight decay (QAT quantizer scales: decay
     # would shrink the ranges towards clipping everything)
     no_decay: tuple[str, ...] = ()
+    # False when the caller evaluates the finished model itself (the pipeline's stages record that one
+    # evaluation for measure): ``cfg.eval_every`` then evaluates only along the way, not twice at the end
+    evaluate_at_end: bool = True
 
 
 @dataclass
@@ -330,7 +333,7 @@ def train(job: TrainJob) -> TrainSummary:
                 break
     finally:
         bar.close()
-    if step == steps and job.evaluate and cfg.eval_every:
+    if step == steps and job.evaluate and cfg.eval_every and job.evaluate_at_end:
         evaluations.append(_evaluate(job, model, step, writer, dist_info))
         save(step)
     unshard_heads(losses)  # full heads again: the saved model's head_weight, stage two
