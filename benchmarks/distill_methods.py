@@ -306,11 +306,10 @@ def run_method(ctx: Any, method: str, seed: int, out: Path, flip: bool, lfw: lis
 
     from distill.config import from_dict
     from distill.engine.train import TeacherTargets
-    from distill.evaluation import torch_embed_fn
     from distill.fit import fit_model
     from distill.models.checkpoint import load_model
     from distill.teacher import open_teacher_cache
-    from pipeline.stages import load_data, teacher_head
+    from pipeline.stages import checkpoint_embed_fn, load_data, teacher_head
 
     specs, train_over = METHODS[method]
     losses = [from_dict(LossSpec, {"params": {}, **s}, f"{method}.losses") for s in specs]
@@ -335,11 +334,12 @@ def run_method(ctx: Any, method: str, seed: int, out: Path, flip: bool, lfw: lis
         teacher_head=teacher_head(ctx),
     )
     seconds = round(time.time() - t0, 1)
-    model, _ = load_model(path)
+    embed, how = checkpoint_embed_fn(load_model(path)[0], vals[0].images, method)
     return {
         "method": method,
         "seed": seed,
-        **score(torch_embed_fn(model), vals, lfw, flip),
+        **score(embed, vals, lfw, flip),
+        "evaluated_via": how,
         "images_per_second": summary.images_per_second,
         "steps": summary.steps,
         "seconds": seconds,

@@ -358,37 +358,48 @@ def _record_trained(
 ) -> tuple[list[str], dict[str, Any]]:
     """Evaluate the checkpoint a training stage wrote (``<name>.pt``), once, for the measure stage.
 
-    On a CPU it is evaluated through an onnxruntime copy proven equal to it on a sample
-    (``module_evaluation_twin``: about twice as fast for MobileFaceNet). Returns the files written and
-    the flat ``<set>/accuracy`` figures for the stage's own record and console line.
+    Through :func:`checkpoint_embed_fn` (on a CPU an onnxruntime copy proven equal to it). Returns the
+    files written and the flat ``<set>/accuracy`` figures for the stage's own record and console line.
+    """
+    from distill.engine.distributed import current_dist
+    from distill.evaluation import fields_summary
+    from distill.models.checkpoint import load_model
+
+    path = work / f"{name}.pt"
+    if not (path.is_file() and current_dist().is_main and vals):  # rank 0 evaluates; the others wait
+        return [], {}
+    embed, how = checkpoint_embed_fn(load_model(path)[0], vals[0].images, name)
+    ctx.log(f"[{stage}] evaluating {path.name}: {how}")
+
+    fields = evaluate_and_record(ctx, work, {name: (path, embed)}, vals, how={name: how})
+    written = [f for f in (EVALUATION_FILE, f"plain_{name}.npy") if (work / f).is_file()]
+    return written, fields_summary(fields[name])
+
+
+def checkpoint_embed_fn(model: Any, images: Any, name: str) -> tuple[Callable[[Any], Any], str]:
+    """The fast exact way to embed with a trained module: (embedding function, how it computes).
+
+    On a GPU box, PyTorch on the GPU. On a CPU, an onnxruntime copy of the module when it reproduces the
+    module on the first ``EVAL_TWIN_SAMPLE`` of ``images`` (uint8 HWC) to ``TWIN_RTOL`` (about twice as
+    fast for MobileFaceNet: ``module_evaluation_twin``), else the module itself.
     """
     import numpy as np
     import torch
 
     from deploy.runtimes import EVAL_TWIN_SAMPLE, module_evaluation_twin
     from distill.data.transforms import to_model_input
-    from distill.engine.distributed import current_dist
-    from distill.evaluation import fields_summary, torch_embed_fn
-    from distill.models.checkpoint import load_model
+    from distill.evaluation import torch_embed_fn
 
-    path = work / f"{name}.pt"
-    if not (path.is_file() and current_dist().is_main and vals):  # rank 0 evaluates; the others wait
-        return [], {}
-    model = load_model(path)[0].eval()
+    model = model.eval()
     if torch.cuda.is_available():  # a GPU box: PyTorch on the GPU is the fast way
-        embed, how = torch_embed_fn(model.cuda()), "the checkpoint in PyTorch on the GPU"
-    else:
-        sample = to_model_input(torch.from_numpy(np.ascontiguousarray(vals[0].images[:EVAL_TWIN_SAMPLE])))
-        embedder, how = module_evaluation_twin(model, sample.numpy(), torch.get_num_threads(), name)
+        return torch_embed_fn(model.cuda()), "the checkpoint in PyTorch on the GPU"
+    sample = to_model_input(torch.from_numpy(np.ascontiguousarray(images[:EVAL_TWIN_SAMPLE])))
+    embedder, how = module_evaluation_twin(model, sample.numpy(), torch.get_num_threads(), name)
 
-        def embed(x: Any) -> np.ndarray:
-            return embedder.embed(x.numpy())
+    def embed(x: Any) -> np.ndarray:
+        return embedder.embed(x.numpy())
 
-    ctx.log(f"[{stage}] evaluating {path.name}: {how}")
-
-    fields = evaluate_and_record(ctx, work, {name: (path, embed)}, vals, how={name: how})
-    written = [f for f in (EVALUATION_FILE, f"plain_{name}.npy") if (work / f).is_file()]
-    return written, fields_summary(fields[name])
+    return embed, how
 
 
 def _evaluate_teacher(ctx: Context, teacher: Any) -> dict[str, Any]:
