@@ -170,7 +170,6 @@ def built(tmp_path_factory):
     )
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    torch.set_num_threads(2)
     x, y = _faces(32, 8, seed=0)
     test_x, _ = _faces(32, 2, seed=1)
     student = _briefly_trained_student(x, y)
