@@ -18,6 +18,7 @@ from deploy.prelu_rewrite import RewrittenPReLU, count_prelu, rewrite_prelu
 from deploy.tflite_int8 import compact, count_float_ops, export_tflite_int8, float_io, tflite_io_details
 from distill.errors import InputError
 from distill.models.mobilefacenet import MobileFaceNet
+from tests.helpers.threads import torch_threads
 
 
 def reference_prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,8 @@ def built(tmp_path_factory):
 
     x, y = _faces(32, 8, seed=0)
     test_x, _ = _faces(32, 2, seed=1)
-    student = _briefly_trained_student(x, y)
+    with torch_threads():  # the same student on any machine and under pytest-xdist
+        student = _briefly_trained_student(x, y)
     calib = list(x[:32].split(8))
     qmodel = nncf.quantize(
         student,
