@@ -204,9 +204,9 @@ def built(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("int8")
     torch.save({"config": config, "state": state}, out / "qat.pt")  # for inspecting a failed run
-    from deploy.tflite_export import export_tflite_fp32
-
-    fp32_size = export_tflite_fp32(float_model, out / "fp32.tflite").stat().st_size
+    # the float32 weights' bytes stand in for the fp32 file (which the Android pipeline test builds and
+    # compares with the INT8 one): a third conversion here would only be measured for its size
+    fp32_size = 4 * sum(p.numel() for p in float_model.parameters())
     carry = export_tflite_int8(qmodel, float_model, calib, out / "carry.tflite", scales="carry")
     calibrated = export_tflite_int8(
         qmodel, float_model, calib, out / "calib.tflite", scales="calibrate", io_dtype="float32"
@@ -266,7 +266,7 @@ def test_files_load_with_declared_io(built) -> None:
     io = tflite_io_details(carry.path)
     assert io["inputs"][0]["scale"] > 0 and io["outputs"][0]["scale"] > 0
     assert tuple(carry.input_quantization) == (io["inputs"][0]["scale"], io["inputs"][0]["zero_point"])
-    # Issue target: the int8 file is at most 30% of the fp32 one (weights alone are 25%).
+    # Issue target: the int8 file is at most 30% of the fp32 weights (int8 weights alone are 25%).
     assert carry.size_bytes <= 0.30 * built["fp32_size"]
     assert not [p for p in built["dir"].iterdir() if p.name.startswith(".")], "temp files left behind"
 
