@@ -132,9 +132,13 @@ def test_long_preset_arithmetic(bench: ModuleType) -> None:
     assert e["binomial_sd_at_80"] == pytest.approx(math.sqrt(0.16 / 6000))
     assert e["binomial_sd_at_80"] < bench.estimate("cpu-bench")["binomial_sd_at_80"]
     assert e["smallest_far"] == pytest.approx(1e-3)
-    # cpu-bench's estimate reproduces its measured 91 s per run (2026-11-22)
-    assert bench.estimate("cpu-bench")["seconds_per_run"] == pytest.approx(91, abs=5)
-    assert 5 * 60 < e["seconds_per_run"] < 10 * 60
+    # the estimate lies within the committed long runs that had the machine to themselves (2026-12-03):
+    # training seconds + scoring seconds of each record, read here from the records themselves
+    store = Path(bench.RUNS_STORE) / "long"
+    quiet = ["teacher-free/no_kd", "real/ekd", "real/coupleface", "real/adadistill"]
+    measured = [json.loads((store / m / "seed0.json").read_text()) for m in quiet]
+    totals = [r["seconds"] + r["eval_seconds"] for r in measured]
+    assert min(totals) <= e["seconds_per_run"] <= max(totals), (e["seconds_per_run"], totals)
 
 
 def test_needs_teacher_head_matches_the_losses() -> None:
