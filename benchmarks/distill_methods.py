@@ -108,7 +108,8 @@ RUNS_STORE = ROOT / "benchmarks" / "results" / "distill_methods_runs"
 # Rates behind ``estimate()``, measured on this 2-core machine by the long preset's runs of 2026-12-03 that
 # had the machine to themselves (no_kd, ekd, coupleface, adadistill: 22.7-26.6 img/s training, 84-114 s to
 # score 12,400 images eagerly). The cpu-bench run of 2026-11-22 had seen 41 img/s: the machine's speed
-# varies. Scoring through the onnxruntime twin (checkpoint_embed_fn) is faster than the rate below.
+# varies. Later records score through checkpoint_embed_fn (the onnxruntime twin on a CPU); their
+# eval_seconds say what that gives (own-teacher ekd, quiet: 130 s, so no faster rate is assumed here).
 TRAIN_IMAGES_PER_SECOND = 24.8
 EVAL_IMAGES_PER_SECOND = 124.0
 RUN_OVERHEAD_S = 0.0  # model loads and records: inside the rates above
