@@ -9,6 +9,7 @@ the engine's ``checkpoints/last.pt`` carries the QAT state (model incl. quantize
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from distill.data.verification_bin import VerificationSet
 from distill.engine.distributed import current_dist
 from distill.engine.train import TeacherTargets, TrainJob, train
 from distill.errors import InputError
-from distill.evaluation import evaluate_sets, summary_metrics, torch_embed_fn, verification_fields
+from distill.evaluation import EmbedFn, evaluate_sets, summary_metrics, torch_embed_fn, verification_fields
 from distill.losses import LossDims, build_losses
 from distill.models.checkpoint import load_model
 
@@ -57,13 +58,16 @@ def quantization_aware_distill(
     progress: bool = True,
     stop_after_step: int = 0,
     evaluate_models: tuple[str, ...] = ("fp32", "ptq", "qat"),
+    embed_fn_for: Callable[[str, torch.nn.Module], tuple[EmbedFn, str]] | None = None,
 ) -> QatOutcome:
     """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``.
 
     Everything about the student (architecture, the loss terms stage one trained it with) is read from
     its checkpoint, not from another stage's settings; ``expected_arch`` and ``stage_one_losses`` only
     override or check that for callers that have them. ``evaluate_models`` names the models evaluated on
-    ``val_sets`` at the end (the pipeline leaves out "fp32": the distill stage evaluated that file).
+    ``val_sets`` at the end (the pipeline leaves out "fp32": the distill stage evaluated that file);
+    ``embed_fn_for(name, model)`` gives each one's embedding function and what it computes (the pipeline
+    passes the INT8 Q/DQ ONNX on a CPU), by default the module in PyTorch.
     """
     fp32, meta = load_model(student_path)
     if expected_arch is not None and meta["arch"] != expected_arch:
@@ -147,11 +151,14 @@ def quantization_aware_distill(
             if name not in evaluate_models:
                 continue
             plain[name] = {}
-            results = evaluate_sets(
-                torch_embed_fn(model.eval()), val_sets, flip=flip_eval, keep_plain=plain[name]
-            )
+            if embed_fn_for is None:
+                embed, how = torch_embed_fn(model.eval()), "the module itself in PyTorch"
+            else:
+                embed, how = embed_fn_for(name, model.eval())
+            results = evaluate_sets(embed, val_sets, flip=flip_eval, keep_plain=plain[name])
             metrics[name] = summary_metrics(results)
             evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
+            evaluation[name]["accuracy_via"] = how
     return QatOutcome(
         ptq_path=ptq_path, qat_path=qat_path, metrics=metrics, evaluation=evaluation, plain_embeddings=plain
     )

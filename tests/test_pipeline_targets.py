@@ -86,6 +86,12 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     for stage, r in fake_quant.items():
         assert r["accuracy"] == saved["models"][stage]["accuracy"]
         assert saved["sha256"][stage] == sha256_file(out / "qat" / f"{stage}.pt")
+        assert r["accuracy_via"].startswith("the qat stage's evaluation of this file (sha256 checked)")
+        assert "through its INT8 Q/DQ ONNX on onnxruntime" in r["accuracy_via"]  # on a CPU
+    # the shipped INT8 ONNX computes exactly what QAT evaluated: its accuracy is taken, not recomputed
+    int8 = [r for r in rows if r["format"] == "onnx" and r["precision"] == "int8"]
+    assert len(int8) == 2 and all(r["accuracy"] == fake_quant["qat"]["accuracy"] for r in int8)
+    assert all(r["accuracy_via"].startswith("the qat stage's evaluation of qat.pt") for r in int8)
     export = out / "export"
     artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]
     for a in artifacts:  # every Jetson ONNX comes with the script that builds its engine on the device
@@ -125,7 +131,6 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     onnx.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x0F]))
     with pytest.raises(InputError, match="student_fp32.onnx: sha256 does not match artifacts.json"):
         _verify_artifact_hashes(export, listed)
-
 
 
 def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(qat_stages, tmp_path, capsys):
@@ -189,5 +194,3 @@ def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(qat_sta
             assert main(["evaluate", "--model", r["path"], "--data", str(val), "--json"]) == 0
             got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
             assert got["accuracy"] == pytest.approx(r["accuracy"]), r["name"]
-
-

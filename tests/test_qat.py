@@ -21,7 +21,7 @@ from compress.quantize import (
 from deploy.onnx_qdq import QdqLintError, export_qdq_onnx
 from deploy.parity import row_cosines
 from deploy.qdq_lint import LintIssue, lint_qdq
-from deploy.runtimes import load_embedder
+from deploy.runtimes import load_embedder, quantized_evaluation_copy, twin_difference
 from distill.config import LossSpec, TrainConfig
 from distill.engine.train import TeacherTargets, _param_groups
 from distill.errors import InputError
@@ -148,6 +148,38 @@ def test_a_linter_failure_names_the_nodes_and_writes_nothing(tmp_path, quantized
     with pytest.raises(QdqLintError, match="/conv1/QuantizeLinear"):
         export_qdq_onnx(quantized, tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_quantized_evaluation_copy_computes_what_the_int8_onnx_computes(tmp_path, quantized, data):
+    import onnxruntime as ort
+
+    x = calibration_batches(data, 24, 24, seed=4)[0].numpy()
+    copy, how = quantized_evaluation_copy(quantized, x[:16], num_threads=2, name="qat")
+    assert copy.format == "onnx" and copy.batch_size is None  # one batched session for the whole set
+    got = copy.embed(x)
+    # the export stage's file (batch 1), run image by image in a plain onnxruntime session
+    shipped = export_qdq_onnx(quantized, tmp_path / "student_int8.onnx", batch_size=1)
+    session = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0].name
+    one_by_one = np.concatenate([session.run(None, {inp: x[i : i + 1]})[0] for i in range(len(x))])
+    assert twin_difference(one_by_one, got)[1]  # what the measure stage requires before it reuses
+    # the fake-quant module: the same model up to rounding at quantization steps, and the stated gap is it
+    fake = load_embedder(quantized).embed(x[:16])
+    cos_min = row_cosines(fake, got[:16]).min()
+    assert cos_min >= 0.99 and f"cosine >= {cos_min:.4f} on 16 images" in how
+
+
+def test_a_model_without_an_int8_onnx_is_evaluated_as_it_is(quantized, data, monkeypatch):
+    import deploy.onnx_qdq as onnx_qdq
+
+    def refuse(*_a, **_k):
+        raise QdqLintError("int8.onnx: 1 TensorRT Q/DQ rule violations: /conv1")
+
+    monkeypatch.setattr(onnx_qdq, "export_qdq_onnx", refuse)
+    x = calibration_batches(data, 4, 4, seed=4)[0].numpy()
+    own, how = quantized_evaluation_copy(quantized, x, name="qat")
+    assert own.format == "pytorch" and "no INT8 Q/DQ ONNX: int8.onnx: 1 TensorRT" in how
+    np.testing.assert_array_equal(own.embed(x), load_embedder(quantized).embed(x))
 
 
 def test_scale_parameters_get_no_weight_decay(quantized):
