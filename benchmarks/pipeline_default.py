@@ -4,7 +4,7 @@ Runs ``python -m pipeline all --target jetson`` (the README's main command; ``--
 with the default preset in a fresh run folder, then checks
   * wall time <= 12 minutes (``--budget-min``), the measure stage <= 60 s and the cache stage <= 60 s,
   * teacher accuracy > distilled-student accuracy > 50 % + margin on the synthetic verification set,
-  * QAT >= PTQ (fake-quant accuracy),
+  * QAT >= PTQ (as stage two evaluated them: on a CPU, as their INT8 Q/DQ ONNX),
   * student training throughput (img/s) is recorded in the manifest,
 prints a table and writes ``benchmarks/results/pipeline_default.json``.
 
