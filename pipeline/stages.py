@@ -376,25 +376,32 @@ def _record_trained(
     return written, fields_summary(fields[name])
 
 
-def checkpoint_embed_fn(model: Any, images: Any, name: str) -> tuple[Callable[[Any], Any], str]:
+def checkpoint_embed_fn(
+    model: Any, images: Any, name: str, *, quantized: bool = False
+) -> tuple[Callable[[Any], Any], str]:
     """The fast exact way to embed with a trained module: (embedding function, how it computes).
 
-    On a GPU box, PyTorch on the GPU. On a CPU, an onnxruntime copy of the module when it reproduces the
-    module on the first ``EVAL_TWIN_SAMPLE`` of ``images`` (uint8 HWC) to ``TWIN_RTOL`` (about twice as
-    fast for MobileFaceNet: ``module_evaluation_twin``), else the module itself.
+    On a GPU box, PyTorch on the GPU. On a CPU, an onnxruntime copy checked on the first
+    ``EVAL_TWIN_SAMPLE`` of ``images`` (uint8 HWC): for a float module a copy that reproduces it to
+    ``TWIN_RTOL`` (about twice as fast for MobileFaceNet: ``module_evaluation_twin``), else the module
+    itself; for a fake-quant module (``quantized``) its INT8 Q/DQ ONNX (``quantized_evaluation_copy``):
+    1.8x faster, and the very computation of the export stage's INT8 ONNX, which then takes this
+    evaluation instead of making it again.
     """
     import numpy as np
     import torch
 
-    from deploy.runtimes import EVAL_TWIN_SAMPLE, module_evaluation_twin
+    from deploy.runtimes import EVAL_TWIN_SAMPLE, module_evaluation_twin, quantized_evaluation_copy
     from distill.data.transforms import to_model_input
     from distill.evaluation import torch_embed_fn
 
     model = model.eval()
     if torch.cuda.is_available():  # a GPU box: PyTorch on the GPU is the fast way
-        return torch_embed_fn(model.cuda()), "the checkpoint in PyTorch on the GPU"
+        what = "the fake-quant module" if quantized else "the checkpoint"
+        return torch_embed_fn(model.cuda()), f"{what} in PyTorch on the GPU"
     sample = to_model_input(torch.from_numpy(np.ascontiguousarray(images[:EVAL_TWIN_SAMPLE])))
-    embedder, how = module_evaluation_twin(model, sample.numpy(), torch.get_num_threads(), name)
+    copy = quantized_evaluation_copy if quantized else module_evaluation_twin
+    embedder, how = copy(model, sample.numpy(), torch.get_num_threads(), name)
 
     def embed(x: Any) -> np.ndarray:
         return embedder.embed(x.numpy())
@@ -402,29 +409,10 @@ def checkpoint_embed_fn(model: Any, images: Any, name: str) -> tuple[Callable[[A
     return embed, how
 
 
-def quantized_embed_fn(ctx: Context, model: Any, images: Any, name: str) -> tuple[Callable[[Any], Any], str]:
-    """How stage two evaluates a fake-quant model: (embedding function, what it computes).
-
-    On a GPU box, the module on the GPU. On a CPU, its INT8 Q/DQ ONNX in onnxruntime
-    (``quantized_evaluation_copy``): 1.8x faster than the fake-quant module, and the very computation of
-    the export stage's INT8 ONNX, which then takes this evaluation instead of making it again.
-    """
-    import numpy as np
-    import torch
-
-    from deploy.runtimes import EVAL_TWIN_SAMPLE, quantized_evaluation_copy
-    from distill.data.transforms import to_model_input
-    from distill.evaluation import torch_embed_fn
-
-    if torch.cuda.is_available():
-        return torch_embed_fn(model.cuda()), "the fake-quant module in PyTorch on the GPU"
-    sample = to_model_input(torch.from_numpy(np.ascontiguousarray(images[:EVAL_TWIN_SAMPLE])))
-    embedder, how = quantized_evaluation_copy(model, sample.numpy(), torch.get_num_threads(), name)
+def _quantized_embed_fn(ctx: Context, model: Any, images: Any, name: str) -> tuple[Callable[[Any], Any], str]:
+    """Stage two's evaluation of a fake-quant model (``checkpoint_embed_fn``), with a line saying how."""
+    embed, how = checkpoint_embed_fn(model, images, name, quantized=True)
     ctx.log(f"[qat] evaluating {name}.pt: {how}")
-
-    def embed(x: Any) -> np.ndarray:
-        return embedder.embed(x.numpy())
-
     return embed, how
 
 
@@ -588,7 +576,7 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
             workers=ctx.cfg.data.workers,
             progress=ctx.progress,
             evaluate_models=("ptq", "qat"),  # the fp32 student: the distill stage's evaluation.json
-            embed_fn_for=lambda name, model: quantized_embed_fn(ctx, model, vals[0].images, name),
+            embed_fn_for=lambda name, model: _quantized_embed_fn(ctx, model, vals[0].images, name),
         )
         # what export needs to re-calibrate the INT8 .tflite the same way, so it never reads qat settings
         calibration = {"images": q.calibration_images, "seed": q.train.seed}
@@ -1016,7 +1004,7 @@ def _estimator_error(
 
 def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
     """Accuracy of the PTQ baseline and the QAT model (what QAT bought), as stage two evaluated them (on a
-    CPU through their INT8 Q/DQ ONNX: ``quantized_embed_fn``).
+    CPU through their INT8 Q/DQ ONNX: ``checkpoint_embed_fn(quantized=True)``).
 
     Their latency is not reported: fake quantization runs in float and says nothing about INT8 speed.
     """
