@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.config import LossSpec, config_hash, to_dict  # noqa: E402
+from distill.cpu_sharing import share_cores_gracefully  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 MARGIN = {"name": "cosface", "weight": 1.0, "params": {"scale": 32.0, "margin": 0.3}}
@@ -518,6 +519,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    share_cores_gracefully()  # before torch loads: see distill/cpu_sharing.py
     args = parse(argv)
     out, store, real = Path(args.out), Path(args.runs), Path(args.real)
     t0 = time.time()

@@ -1,0 +1,32 @@
+"""OpenMP threads that give their core back when another process needs it.
+
+PyTorch's Linux wheels run their intra-op threads on GNU OpenMP (libgomp), whose threads spin up to
+300,000 rounds at every barrier before they sleep. With two such processes on the same cores (a run
+beside a test suite, a second run, a colleague's job), each spins through time slices the other needs:
+here two 2-thread MobileFaceNet trainings on 2 cores took 4.7x their solo step time each, where sharing
+fairly would be 2x (``benchmarks/cpu_sharing.py``). Spinning 10,000 rounds keeps the solo speed (batch-1
+latency included, which ``OMP_WAIT_POLICY=PASSIVE`` triples) and brings the shared case back to about
+fair. libgomp reads its settings once, when torch loads it, so entry points call
+:func:`share_cores_gracefully` before anything imports torch; a user's own setting always wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+
+GOMP_SPINCOUNT = "10000"  # spin rounds before a waiting OpenMP thread sleeps (libgomp's default: 300000)
+
+
+def share_cores_gracefully(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set libgomp's spin count in ``environ`` (default ``os.environ``) unless the user chose one.
+
+    Nothing is set when ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` is already there (an explicit ACTIVE
+    or PASSIVE says what the user wants). Child processes (DataLoader workers, torchrun ranks, the
+    pipeline's subprocesses) inherit it. Returns what was set.
+    """
+    env = os.environ if environ is None else environ
+    if "GOMP_SPINCOUNT" in env or "OMP_WAIT_POLICY" in env:
+        return {}
+    env["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+    return {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}
