@@ -2,9 +2,15 @@
 
 import os
 
-import pytest
+from distill.cpu_sharing import share_cores_gracefully
 
-from compress.nncf_extension import configure_environment
+# before torch loads here or in the xdist workers (they inherit it): a worker that trains at 2 threads
+# beside the other worker shares the 2 cores instead of spinning through its time slices
+share_cores_gracefully()
+
+import pytest  # noqa: E402
+
+from compress.nncf_extension import configure_environment  # noqa: E402
 
 configure_environment()
 
