@@ -1,10 +1,12 @@
-"""Benchmark: two torch processes on the same cores, libgomp's default spin count against ours.
+"""Benchmark: two processes on the same cores, the libraries' default thread spinning against ours.
 
 Why: a run beside another job (a test suite, a second run) slowed far more than sharing the cores
-explains; ``distill/cpu_sharing.py`` sets ``GOMP_SPINCOUNT`` before torch loads. This measures, in fresh
-processes with 2 threads each: a MobileFaceNet training step (batch 64), the default teacher's inference
-(iResNet-18 width 32, batch 32) and MobileFaceNet's batch-1 latency, each alone and two at once, under
-libgomp's default (300,000 spins) and under ours. Rounds alternate the settings; medians over rounds.
+explains; ``distill/cpu_sharing.py`` sets ``GOMP_SPINCOUNT`` before torch loads and stops onnxruntime's
+spinning in sessions that only evaluate. This measures, in fresh processes with 2 threads each: a
+MobileFaceNet training step (batch 64), the default teacher's inference (iResNet-18 width 32, batch 32),
+MobileFaceNet's batch-1 latency, and MobileFaceNet as an onnxruntime evaluation session (batch 32), each
+alone and two at once (and beside a process left at the defaults), under the defaults (libgomp: 300,000
+spins; onnxruntime: spinning) and under facekd's. Rounds alternate the settings; medians over rounds.
 "Fair" sharing of 2 cores by 2 processes is 2x the solo time. Writes a table and JSON.
 
     python benchmarks/cpu_sharing.py [--rounds 3] [--json benchmarks/results/cpu_sharing.json]
@@ -29,11 +31,11 @@ sys.path.insert(0, str(ROOT))
 
 from distill.cpu_sharing import GOMP_SPINCOUNT  # noqa: E402
 
-WORKLOADS = ("train_step", "teacher_batch", "latency_b1")
-SETTINGS = {"libgomp default": None, "facekd": GOMP_SPINCOUNT}
+WORKLOADS = ("train_step", "teacher_batch", "latency_b1", "onnx_eval_batch")
+SETTINGS = {"library defaults": None, "facekd": GOMP_SPINCOUNT}
 
 
-def work(kind: str, reps: int) -> float:
+def work(kind: str, reps: int, facekd: bool) -> float:
     """Median seconds of ``reps`` timed repetitions of ``kind`` (after one warm-up), in this process."""
     import torch
 
@@ -41,7 +43,29 @@ def work(kind: str, reps: int) -> float:
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    if kind == "train_step":
+    if kind == "onnx_eval_batch":
+        import tempfile
+
+        import numpy as np
+        import onnxruntime as ort
+
+        from deploy.onnx_export import export_onnx
+        from distill.cpu_sharing import stop_spinning
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(
+                build_backbone("mobilefacenet", 128).eval(), Path(tmp) / "m.onnx", batch_size=None
+            )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads, opts.inter_op_num_threads = 2, 1
+            session = ort.InferenceSession(
+                str(path), stop_spinning(opts) if facekd else opts, providers=["CPUExecutionProvider"]
+            )
+        feed = {session.get_inputs()[0].name: np.zeros((32, 3, 112, 112), np.float32)}
+
+        def once() -> None:
+            session.run(None, feed)
+    elif kind == "train_step":
         model = build_backbone("mobilefacenet", 128).train().to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         x = torch.randn(64, 3, 112, 112).to(memory_format=torch.channels_last)
@@ -73,9 +97,10 @@ def work(kind: str, reps: int) -> float:
 
 def launch(kind: str, reps: int, spincount: str | None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    if spincount is not None:
-        env["GOMP_SPINCOUNT"] = spincount
     cmd = [sys.executable, __file__, "--worker", kind, "--reps", str(reps)]
+    if spincount is not None:  # facekd's settings
+        env["GOMP_SPINCOUNT"] = spincount
+        cmd.append("--facekd")
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
 
 
@@ -83,7 +108,7 @@ def measure(
     kind: str, reps: int, spincount: str | None, together: int, beside_default: bool = False
 ) -> float:
     """Median step seconds of each of ``together`` simultaneous processes, averaged; with
-    ``beside_default``, of one process next to one left at libgomp's default (a foreign job)."""
+    ``beside_default``, of one process next to one left at the libraries' defaults (a foreign job)."""
     procs = [launch(kind, reps, spincount) for _ in range(together)]
     neighbour = launch(kind, reps, None) if beside_default else None
     outs = [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -100,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=4, help="timed repetitions per process (x25 for latency)")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "cpu_sharing.json"))
     ap.add_argument("--worker", choices=WORKLOADS, help=argparse.SUPPRESS)
+    ap.add_argument("--facekd", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(work(args.worker, args.reps), flush=True)
+        print(work(args.worker, args.reps, args.facekd), flush=True)
         return 0
     t0 = time.time()
     raw: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -145,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         "facekd_spincount": GOMP_SPINCOUNT,
         "rows": rows,
         "raw_seconds": raw,
-        "note": "fair sharing of 2 cores by 2 two-thread processes = 2x the solo time",
+        "note": "fair sharing of 2 cores by 2 two-thread processes = 2x the solo time; facekd = "
+        f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} and, for onnx_eval_batch, onnxruntime's spinning off",
     }
     report["load_average_at_start_end"].append(os.getloadavg()[0])
     report["wall_seconds"] = round(time.time() - t0, 1)
@@ -153,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Two torch processes on {report['machine']} ({report['date']})",
         "",
         "| workload | setting | alone ms | each, two at once ms | slowdown (fair = 2.0) | "
-        "beside a libgomp-default job ms |",
+        "beside a job at the defaults ms |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.cpu_sharing import stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
 
@@ -133,7 +134,9 @@ class OnnxEmbedder:
         name: str | None = None,
         model_bytes: bytes | None = None,
         pixels: str | None = None,
+        spin: bool = True,
     ):
+        """``spin=False`` for a session that only evaluates in batches (``distill/cpu_sharing.py``)."""
         import onnxruntime as ort
 
         self.path = Path(path)  # with ``model_bytes``: the file these bytes were derived from
@@ -143,6 +146,8 @@ class OnnxEmbedder:
         opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if not spin:
+            stop_spinning(opts)
         available = ort.get_available_providers()
         self.providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         try:
@@ -453,6 +458,7 @@ def evaluation_twin(embedder: Embedder, sample: np.ndarray) -> tuple[Embedder, s
                 embedder.name,
                 model_bytes=model.SerializeToString(),
                 pixels=getattr(embedder, "pixel_dtype", None),
+                spin=False,
             )
         elif batched:
             prelus = 0
@@ -514,7 +520,7 @@ def module_evaluation_twin(
     try:
         with tempfile.TemporaryDirectory(prefix="facekd-twin-") as tmp:
             path = export_onnx(own.model, Path(tmp) / f"{name}.onnx", batch_size=None)
-            twin = OnnxEmbedder(path, own.num_threads, name, model_bytes=path.read_bytes())
+            twin = OnnxEmbedder(path, own.num_threads, name, model_bytes=path.read_bytes(), spin=False)
         reference, got = own.embed(sample), twin.embed(sample)
     except Exception as exc:  # an architecture the exporter cannot trace: evaluate the module as it is
         return own, f"the module itself (no onnxruntime copy: {_first_line(exc)})"
@@ -546,7 +552,7 @@ def quantized_evaluation_copy(
     try:
         with tempfile.TemporaryDirectory(prefix="facekd-qdq-") as tmp:
             path = export_qdq_onnx(own.model, Path(tmp) / f"{name}_int8.onnx", batch_size=None)
-            qdq = OnnxEmbedder(path, own.num_threads, name, model_bytes=path.read_bytes())
+            qdq = OnnxEmbedder(path, own.num_threads, name, model_bytes=path.read_bytes(), spin=False)
         cos_min = float(row_cosines(qdq.embed(sample), own.embed(sample)).min())
     except Exception as exc:  # a model the Q/DQ exporter or its linter refuses: evaluate it as it is
         return own, f"the fake-quant module itself (no INT8 Q/DQ ONNX: {_first_line(exc)})"

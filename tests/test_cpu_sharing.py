@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,3 +57,34 @@ def test_the_pipeline_entry_point_sets_it_before_libgomp_loads_and_keeps_the_use
     assert _libgomp_settings(args, {"GOMP_SPINCOUNT": "123"}) == "GOMP_SPINCOUNT = '123'"
     # libgomp's own default, when the user asked for a policy: not overridden by us
     assert _libgomp_settings(args, {"OMP_WAIT_POLICY": "PASSIVE"}) == "GOMP_SPINCOUNT = '0'"
+
+
+def _spins(session) -> bool:
+    """Whether an onnxruntime session keeps its default (spinning) idle threads."""
+    options = session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except RuntimeError:  # not set: onnxruntime's default, which spins
+        return True
+
+
+def test_evaluation_sessions_stop_spinning_and_latency_sessions_do_not(tmp_path):
+    from deploy.runtimes import OnnxEmbedder, evaluation_twin, module_evaluation_twin
+    from distill.models.factory import build_backbone
+    from distill.models.onnx_teacher import OnnxTeacher
+
+    path = _tiny_onnx(tmp_path / "tiny.onnx")  # batch 1: measured for latency, evaluated through a twin
+    shipped = OnnxEmbedder(path, num_threads=1)
+    sample = np.random.default_rng(0).standard_normal((4, 3, 112, 112)).astype(np.float32)
+    twin, how = evaluation_twin(shipped, sample)
+    assert twin is not shipped, how
+    assert _spins(shipped._session) and not _spins(twin._session)
+    np.testing.assert_allclose(twin.embed(sample), shipped.embed(sample), rtol=1e-5, atol=1e-6)
+
+    torch.manual_seed(0)
+    student = build_backbone("mobilefacenet", 32).eval()
+    copy, how = module_evaluation_twin(student, sample, 1, "student")
+    assert not _spins(copy._session), how
+
+    teacher = OnnxTeacher(path, num_threads=1)
+    assert not _spins(teacher.session)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from distill.config import TeacherInputConfig
+from distill.cpu_sharing import stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
 from distill.teacher_input import InputContract, detect_onnx, resolve_contract
@@ -55,6 +56,7 @@ class OnnxTeacher:
             providers = _default_providers(ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # a failing probe or run is reported by us, on one line
+        stop_spinning(opts)  # it embeds in batches (cache, evaluation): see distill/cpu_sharing.py
         if num_threads is not None:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
