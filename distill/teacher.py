@@ -56,17 +56,21 @@ def load_teacher(
     trained_checkpoint: Path | None = None,
     contract: InputContract | None = None,
     num_threads: int | None = None,
+    spin: bool = False,
 ) -> Teacher:
     """Open the teacher named by the config (ONNX first, then a checkpoint, then the one trained here).
 
     ``contract`` is the input contract the teacher stage recorded; without it the contract is detected
     from the file and ``cfg.input`` (and an ONNX teacher's batch sizes are probed). ``num_threads`` sets
     an ONNX teacher's onnxruntime threads (None: onnxruntime's default); torch's are set by the caller.
+    ``spin``: keep onnxruntime's spinning threads, for a teacher whose latency is measured.
     """
     if cfg.onnx:
         from distill.models.onnx_teacher import OnnxTeacher
 
-        onnx_teacher = OnnxTeacher(cfg.onnx, input_cfg=cfg.input, contract=contract, num_threads=num_threads)
+        onnx_teacher = OnnxTeacher(
+            cfg.onnx, input_cfg=cfg.input, contract=contract, num_threads=num_threads, spin=spin
+        )
         return Teacher(
             embed=onnx_teacher,
             embedding_dim=onnx_teacher.embedding_dim,

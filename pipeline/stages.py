@@ -433,8 +433,10 @@ def teacher_descriptor(ctx: Context) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def open_teacher(ctx: Context, num_threads: int | None = None) -> Any:
-    """The run's teacher, fed exactly as the teacher stage recorded (no re-detection, no re-probing)."""
+def open_teacher(ctx: Context, num_threads: int | None = None, spin: bool = False) -> Any:
+    """The run's teacher, fed exactly as the teacher stage recorded (no re-detection, no re-probing).
+
+    ``spin``: an ONNX teacher keeps onnxruntime's spinning threads (its latency is timed)."""
     from distill.teacher import load_teacher
     from distill.teacher_input import InputContract
 
@@ -442,7 +444,11 @@ def open_teacher(ctx: Context, num_threads: int | None = None) -> Any:
     contract = InputContract.from_dict(desc["input"]) if desc.get("input") else None
     trained = ctx.run.stage_dir("teacher") / "teacher.pt"
     return load_teacher(
-        ctx.cfg.teacher, trained if trained.exists() else None, contract=contract, num_threads=num_threads
+        ctx.cfg.teacher,
+        trained if trained.exists() else None,
+        contract=contract,
+        num_threads=num_threads,
+        spin=spin,
     )
 
 
@@ -1063,7 +1069,8 @@ def _teacher_for_measure(ctx: Context, threads: int) -> tuple[Path | None, Any]:
     kind, path = _teacher_source(ctx)
     if kind == "trained":
         return (path, path) if path.is_file() else (None, None)
-    teacher = open_teacher(ctx, num_threads=threads)  # timed with the same threads as every other row
+    # timed with the same threads, and onnxruntime's spinning, as every other row
+    teacher = open_teacher(ctx, num_threads=threads, spin=True)
     fmt = "onnx" if kind == "onnx" else "pytorch"
     return path, FedEmbedder(teacher.embed, fmt, name="teacher", num_threads=threads)
 

@@ -86,5 +86,6 @@ def test_evaluation_sessions_stop_spinning_and_latency_sessions_do_not(tmp_path)
     copy, how = module_evaluation_twin(student, sample, 1, "student")
     assert not _spins(copy._session), how
 
-    teacher = OnnxTeacher(path, num_threads=1)
+    teacher = OnnxTeacher(path, num_threads=1)  # cache and evaluation
     assert not _spins(teacher.session)
+    assert _spins(OnnxTeacher(path, num_threads=1, spin=True).session)  # the measure stage's teacher row

@@ -45,8 +45,13 @@ class OnnxTeacher:
         contract: InputContract | None = None,
         providers: list[str | tuple[str, dict[str, int]]] | None = None,
         num_threads: int | None = None,
+        spin: bool = False,
     ) -> None:
-        """``contract`` (as the teacher stage recorded it) skips detection and probing; else both run."""
+        """``contract`` (as the teacher stage recorded it) skips detection and probing; else both run.
+
+        ``spin=False``: onnxruntime's idle threads sleep at once (it embeds in batches: cache, evaluation;
+        ``distill/cpu_sharing.py``); True keeps onnxruntime's default, for a teacher whose latency is timed.
+        """
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -56,7 +61,8 @@ class OnnxTeacher:
             providers = _default_providers(ort.get_available_providers())
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # a failing probe or run is reported by us, on one line
-        stop_spinning(opts)  # it embeds in batches (cache, evaluation): see distill/cpu_sharing.py
+        if not spin:
+            stop_spinning(opts)
         if num_threads is not None:
             opts.intra_op_num_threads = num_threads
             opts.inter_op_num_threads = 1
