@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(work(args.worker, args.reps, args.facekd), flush=True)
         return 0
-    t0 = time.time()
+    t0, load_start = time.time(), os.getloadavg()[0]
     raw: dict[str, dict[str, dict[str, list[float]]]] = {
         k: {s: {"alone": [], "two": [], "beside": []} for s in SETTINGS} for k in WORKLOADS
     }
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "cpu_sharing",
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "load_average_at_start_end": [os.getloadavg()[0]],
+        "load_average_at_start_end": [load_start, os.getloadavg()[0]],
         "rounds": args.rounds,
         "facekd_spincount": GOMP_SPINCOUNT,
         "rows": rows,
@@ -174,10 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         "note": "fair sharing of 2 cores by 2 two-thread processes = 2x the solo time; facekd = "
         f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} and, for onnx_eval_batch, onnxruntime's spinning off",
     }
-    report["load_average_at_start_end"].append(os.getloadavg()[0])
     report["wall_seconds"] = round(time.time() - t0, 1)
     lines = [
-        f"# Two torch processes on {report['machine']} ({report['date']})",
+        f"# Two processes on the same cores: {report['machine']} ({report['date']})",
         "",
         "| workload | setting | alone ms | each, two at once ms | slowdown (fair = 2.0) | "
         "beside a job at the defaults ms |",
@@ -190,7 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(
             f"| {row['workload']} | {row['setting']} | {row['alone_ms']:.1f} | {two} | {slow} | {bes} |"
         )
-    lines += ["", f"Medians of {args.rounds} rounds; wall {report['wall_seconds']:.0f} s."]
+    start, end = report["load_average_at_start_end"]
+    lines += [
+        "",
+        f"Medians of {args.rounds} rounds in fresh processes, 2 threads each, random weights; load average "
+        f"{start:.2f} at the start, {end:.2f} at the end (its own workers included); "
+        f"wall {report['wall_seconds']:.0f} s.",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     out = Path(args.json)
