@@ -157,3 +157,22 @@ def test_needs_teacher_head_matches_the_losses() -> None:
             assert "head" in str(e), (name, e)
             built = False
         assert built != cls.needs_teacher_head, name
+
+
+def test_img_per_second_counts_only_median_step_records(bench: ModuleType, tmp_path: Path) -> None:
+    """A record whose rate divided by wall time (pauses included) stays out of the img/s column."""
+    store = tmp_path / "runs"
+    _teacher(bench, store, "own", has_head=True)
+    setting, tpart = PARTS["own"]
+    key = bench.run_key(setting, tpart, "unified", False)
+    rates = {0: (7.0, None), 1: (30.0, bench.MEDIAN_STEP), 2: (34.0, bench.MEDIAN_STEP)}
+    for seed, (rate, basis) in rates.items():
+        rec = {**_record(0.8, seed), "images_per_second": rate, "key": key}
+        if basis:
+            rec["images_per_second_basis"] = basis
+        bench.write_record(bench.record_path(store, "long", "own", "unified", seed), rec)
+    _write(bench, store, "own", "gkd", 0, 0.75)  # an old record only
+    rows = bench.collect(store, "long", PARTS, False)["own"]["methods"]
+    assert rows["unified"]["images_per_second"] == pytest.approx(32.0)  # (30 + 34) / 2, the 7 left out
+    assert rows["gkd"]["images_per_second"] is None
+    assert bench._rate(rows["unified"]) == "32.0 (2 of 3 seeds)" and bench._rate(rows["gkd"]) == "-"

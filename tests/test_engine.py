@@ -81,7 +81,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     # per-step compute times cover exactly the steps each call ran, and add up to its compute time
     assert len(s1.step_seconds) == 3 and len(s2.step_seconds) == 4
     assert all(t > 0 for t in s2.step_seconds) and sum(s2.step_seconds) == pytest.approx(s2.seconds)
-    assert s2.images_per_second == pytest.approx(4 * 4 / s2.seconds)
+    # throughput at the median step (batch 4), so one stalled step cannot drag it down
+    middle = sorted(s2.step_seconds)[1:3]
+    assert s2.images_per_second == pytest.approx(4 / ((middle[0] + middle[1]) / 2))
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
     for a, b in zip(full.losses.state_dict().values(), resumed.losses.state_dict().values(), strict=True):

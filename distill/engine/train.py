@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,7 +86,9 @@ class TrainJob:
 class TrainSummary:
     steps: int
     seconds: float
-    images_per_second: float  # forward+backward+update throughput, data loading excluded
+    # forward+backward+update throughput (data loading excluded) at the median step: a mean over the steps
+    # would count every stall of a paused or shared machine (a SIGSTOPped run read 4x slower than it was)
+    images_per_second: float
     final_losses: dict[str, float]
     evaluations: list[dict[str, Any]] = field(default_factory=list)
     resumed_from_step: int = 0
@@ -338,14 +341,13 @@ def train(job: TrainJob) -> TrainSummary:
         save(step)
     unshard_heads(losses)  # full heads again: the saved model's head_weight, stage two
     writer.close()
-    done = step - start_step
     compute_seconds = sum(step_seconds)
     if dist_info.is_main:
         write_json(job.out_dir / "history.json", {"history": history, "evaluations": evaluations})
     return TrainSummary(
         steps=step,
         seconds=compute_seconds,
-        images_per_second=(done * cfg.batch_size / compute_seconds) if compute_seconds else 0.0,
+        images_per_second=cfg.batch_size / statistics.median(step_seconds) if step_seconds else 0.0,
         final_losses=last,
         evaluations=evaluations,
         resumed_from_step=start_step,
