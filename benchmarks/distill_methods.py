@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -119,6 +121,12 @@ RUN_OVERHEAD_S = 0.0  # model loads and records: inside the rates above
 # machine (SIGSTOP during other measurements): feature_l2 and unified read 6-9 img/s where their steps
 # ran as fast as every other method's (1.3-1.4 s); the table leaves such records out of its img/s column.
 MEDIAN_STEP = "median step"
+# A teacher's fingerprint in its record (``teacher_probe``): unit embeddings of this many validation
+# images; a teacher rebuilt in a fresh run folder must match them to this cosine (a rebuild with the same
+# machine and libraries gives the same weights: seeded, deterministic on a CPU; anything else is another
+# teacher, whose students would not belong in the same table)
+PROBE_IMAGES = 8
+PROBE_MIN_COSINE = 0.9999
 
 
 def teacher_free(method: str) -> bool:
@@ -355,8 +363,56 @@ def run_method(ctx: Any, method: str, seed: int, out: Path, flip: bool, lfw: lis
     }
 
 
+def teacher_probe(teacher: Any, images: Any) -> list[list[float]]:
+    """The teacher's unit embeddings of the first ``PROBE_IMAGES`` validation images: a fingerprint that
+    tells a retrained (or replaced) teacher from the one a record was scored with."""
+    from distill.metrics.verification import embed_pairs
+
+    emb, _ = embed_pairs(teacher.embed, images[:PROBE_IMAGES], flip=False)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    return np.round(unit, 6).tolist()
+
+
+def probe_cosine(a: list[list[float]], b: list[list[float]]) -> float:
+    """The lowest cosine between two probes' rows (both unit rows; 6 decimals)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        return -1.0
+    return float(((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
+
+
+def check_same_teacher(ctx: Any, trec: dict[str, Any], flip: bool, lfw: list[Any]) -> dict[str, Any]:
+    """The teacher in the run folder must be the one the record describes, or new students would be
+    compared with students of another teacher. A record with a probe is checked by it (cosine >=
+    ``PROBE_MIN_COSINE``); one without (written before 2026-12-04) by scoring the teacher again, its
+    accuracy equal to the record's within one pair, and it gains the probe. Raises SystemExit else."""
+    from pipeline.stages import load_data, open_teacher
+
+    _, vals = load_data(ctx)
+    probe = teacher_probe(open_teacher(ctx), vals[0].images)
+    if "probe" in trec:
+        cos = probe_cosine(probe, trec["probe"])
+        if cos < PROBE_MIN_COSINE:
+            sys.exit(
+                f"the teacher in {ctx.run.root} is not the recorded one (probe cosine {cos:.6f} < "
+                f"{PROBE_MIN_COSINE}): its students would not compare with the recorded ones; restore that "
+                "run folder, or move the teacher's records aside to start its table again"
+            )
+        return trec
+    again = teacher_record(ctx, flip, lfw)
+    one_pair = 1.0 / again["pairs"]
+    if abs(again["accuracy"] - trec["accuracy"]) > one_pair + 1e-12:
+        sys.exit(
+            f"the teacher in {ctx.run.root} scores {100 * again['accuracy']:.2f} % where its record says "
+            f"{100 * trec['accuracy']:.2f} %: it is not the recorded teacher; restore that run folder, or "
+            "move the teacher's records aside to start its table again"
+        )
+    print(f"[teacher] rebuilt teacher scores as recorded ({100 * again['accuracy']:.2f} %)", flush=True)
+    return {**trec, "probe": again["probe"], "rescored_equal": True}
+
+
 def teacher_record(ctx: Any, flip: bool, lfw: list[Any]) -> dict[str, Any]:
-    """The teacher's own scores (reference row) and whether it has class centres."""
+    """The teacher's own scores (reference row), whether it has class centres, and its probe."""
     from pipeline.stages import load_data, open_teacher, teacher_head
 
     _, vals = load_data(ctx)
@@ -371,6 +427,7 @@ def teacher_record(ctx: Any, flip: bool, lfw: list[Any]) -> dict[str, Any]:
         "teacher": desc,
         "has_head": teacher_head(ctx) is not None,
         **score(lambda x: teacher.embed(x).numpy(), vals, lfw, flip),
+        "probe": teacher_probe(teacher, vals[0].images),
     }
 
 
@@ -558,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             ctx = teacher_context(out / teacher, cfgs[teacher])
             trec = {**teacher_record(ctx, args.flip, lfw), "key": teacher_key(setting, tpart, args.flip)}
             write_record(tpath, trec)
+        checked = ctx is not None  # a teacher scored just now is the one its record describes
         methods = (
             args.methods if teacher != "strong" else [m for m in ("no_kd", "unified") if m in args.methods]
         )
@@ -573,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
                 if read_record(path, key) is not None:
                     continue
                 ctx = ctx or teacher_context(out / teacher, cfgs[teacher])
+                if not checked:  # a teacher (re)built in this folder against an existing record
+                    trec = check_same_teacher(ctx, trec, args.flip, lfw)
+                    write_record(tpath, trec)
+                    checked = True
                 # the key in the folder name: a checkpoint of other settings is never resumed
                 folder = out / slot / "students" / f"{method}-seed{seed}-{key}"
                 rec = run_method(ctx, method, seed, folder, args.flip, lfw)

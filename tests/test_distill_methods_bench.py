@@ -176,3 +176,72 @@ def test_img_per_second_counts_only_median_step_records(bench: ModuleType, tmp_p
     assert rows["unified"]["images_per_second"] == pytest.approx(32.0)  # (30 + 34) / 2, the 7 left out
     assert rows["gkd"]["images_per_second"] is None
     assert bench._rate(rows["unified"]) == "32.0 (2 of 3 seeds)" and bench._rate(rows["gkd"]) == "-"
+
+
+class _LinearTeacher:
+    """A stand-in teacher: a fixed linear map of the normalised NCHW pixels."""
+
+    def __init__(self, seed: int) -> None:
+        import numpy as np
+        import torch
+
+        self.w = np.random.default_rng(seed).standard_normal((6, 3 * 4 * 4))
+        self._torch = torch
+
+    def embed(self, x: Any) -> Any:
+        return self._torch.from_numpy(x.reshape(x.shape[0], -1).double().numpy() @ self.w.T)
+
+
+def _serve_teacher(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, teacher: Any, images: Any) -> None:
+    import pipeline.stages as stages
+
+    class _Set:
+        pass
+
+    vs = _Set()
+    vs.images = images
+    monkeypatch.setattr(stages, "load_data", lambda ctx: (None, [vs]))
+    monkeypatch.setattr(stages, "open_teacher", lambda ctx: teacher)
+
+
+def test_teacher_probe_is_the_unit_embedding_of_the_first_images(bench: ModuleType) -> None:
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    teacher = _LinearTeacher(1)
+    probe = np.asarray(bench.teacher_probe(teacher, images))
+    # independently: (pixel - 127.5) / 127.5 in NCHW order, times W, scaled to unit length
+    x = ((images[: bench.PROBE_IMAGES].astype(np.float64) - 127.5) / 127.5).transpose(0, 3, 1, 2)
+    e = x.reshape(len(x), -1) @ teacher.w.T
+    assert probe.shape == (bench.PROBE_IMAGES, 6)
+    np.testing.assert_allclose(probe, e / np.linalg.norm(e, axis=1, keepdims=True), atol=1e-6)
+    assert bench.probe_cosine(probe.tolist(), probe.tolist()) == pytest.approx(1.0)
+    other = bench.teacher_probe(_LinearTeacher(2), images)
+    assert bench.probe_cosine(probe.tolist(), other) < 0.9  # another teacher is far off
+
+
+def test_a_rebuilt_teacher_must_be_the_recorded_one(
+    bench: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    ctx = type("Ctx", (), {"run": type("Run", (), {"root": tmp_path})()})()
+    recorded = {"accuracy": 0.9, "pairs": 6000, "probe": bench.teacher_probe(_LinearTeacher(1), images)}
+
+    _serve_teacher(bench, monkeypatch, _LinearTeacher(1), images)
+    assert bench.check_same_teacher(ctx, recorded, False, []) == recorded  # same teacher: passes as it is
+    _serve_teacher(bench, monkeypatch, _LinearTeacher(2), images)
+    with pytest.raises(SystemExit, match="not the recorded one"):
+        bench.check_same_teacher(ctx, recorded, False, [])
+
+    # an old record without a probe: the teacher is scored again and must give the recorded accuracy
+    old = {"accuracy": 0.9, "pairs": 6000}
+    for acc, ok in ((0.9, True), (0.9 + 1 / 6000, True), (0.9 + 2 / 6000, False)):
+        rescored = {"accuracy": acc, "pairs": 6000, "probe": [[1.0]]}
+        monkeypatch.setattr(bench, "teacher_record", lambda *a, r=rescored: r)
+        if ok:
+            assert bench.check_same_teacher(ctx, old, False, [])["probe"] == [[1.0]]
+        else:
+            with pytest.raises(SystemExit, match="scores 90.03 % where its record says 90.00 %"):
+                bench.check_same_teacher(ctx, old, False, [])
