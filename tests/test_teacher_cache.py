@@ -147,3 +147,31 @@ def test_teacher_without_a_pytorch_module_stays_fp32(tmp_path):
         teacher, Faces(), tmp_path, batch_size=4, progress=False, precision="auto"
     )
     assert chosen == {"precision": "fp32", "why": "the teacher is not a PyTorch model"}
+
+
+def test_bf16_copy_feeds_like_the_teacher_and_leaves_it_fp32():
+    """The bf16 copy goes through the teacher's input contract (here BGR, raw 0..255 pixels) and its
+    folded BatchNorms; the teacher's own module stays fp32 with all its BatchNorms."""
+    from distill.models.iresnet import iresnet18
+    from distill.teacher import bf16_embed
+    from distill.teacher_input import InputContract
+
+    torch.manual_seed(0)
+    model = iresnet18(embedding_dim=32, base_width=16).eval()
+    contract = InputContract(channels="BGR", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    x = torch.rand(6, 3, 112, 112) * 2 - 1
+
+    def embed(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(contract.feed(batch)).float()
+
+    teacher = Teacher(embed, 32, "checkpoint:test", contract=contract, module=model)
+    got = bf16_embed(teacher)(x)
+    # the second way: BGR raw pixels by hand, into the fp32 module
+    raw = (x * 127.5 + 127.5).flip(1)
+    with torch.no_grad():
+        ref = model(raw)
+    assert torch.nn.functional.cosine_similarity(got.double(), ref.double(), dim=1).min() >= 0.999
+    assert got.dtype == torch.float32 and not torch.allclose(got, ref, rtol=0, atol=1e-6)  # really bf16
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 30
