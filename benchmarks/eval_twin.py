@@ -28,8 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,15 +62,16 @@ def random_model(arch: str, dim: int, params: dict) -> torch.nn.Module:
     return model.eval()
 
 
-def time_pairs(pairs: dict[str, object], x: np.ndarray, rounds: int) -> dict[str, float]:
-    """Median seconds of one ``embed(x)`` per embedder, the embedders taking turns in every round."""
-    for e in pairs.values():
-        e.embed(x)  # warm-up
-    samples: dict[str, list[float]] = {k: [] for k in pairs}
+def time_pairs(calls: dict[str, Callable[[Any], object]], x: Any, rounds: int) -> dict[str, float]:
+    """Median seconds of one ``call(x)`` per name, the calls taking turns in every round (so a change in
+    the machine's load hits them all alike); benchmarks/teacher_cache.py times its ways with it too."""
+    for call in calls.values():
+        call(x)  # warm-up
+    samples: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
-        for k, e in pairs.items():
+        for k, call in calls.items():
             start = time.perf_counter()
-            e.embed(x)
+            call(x)
             samples[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in samples.items()}
 
@@ -117,20 +120,24 @@ def main() -> int:
             f"| {r['model']} | {r['original_img_s']:.1f} | {r['twin_img_s']:.1f} | {r['speedup']:.2f}x | "
             f"{r['max_rel_diff']:.1e} | {r['twin'].replace('|', chr(92) + '|')} |"
         )
-    text = "\n".join(table)
-    print(text)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     header = (
         f"# Evaluation twins ({result['date']})\n\n{result['machine']}; {args.threads} threads, batch "
-        f"{EVAL_BATCH}, median of {args.rounds} interleaved rounds; random weights.\n\n"
+        f"{EVAL_BATCH}, median of {args.rounds} interleaved rounds; random weights."
     )
-    out.with_suffix(".md").write_text(header + text + "\n")
+    write_results(Path(args.out), result, header, table)
     return 0
 
 
+def write_results(out: Path, result: dict, header: str, table: list[str]) -> None:
+    """Print the table; write ``out``.json (``result``) and ``out``.md (``header``, then the table)."""
+    text = "\n".join(table)
+    print(text)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+
+
 def compare(label: str, original, twin, how: str, x: np.ndarray, rounds: int) -> dict:
-    secs = time_pairs({"original": original, "twin": twin}, x, rounds)
+    secs = time_pairs({"original": original.embed, "twin": twin.embed}, x, rounds)
     return {
         "model": label,
         "original_img_s": len(x) / secs["original"],

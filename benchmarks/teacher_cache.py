@@ -20,12 +20,9 @@ Prints a table and writes ``benchmarks/results/teacher_cache.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -35,25 +32,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.eval_twin import MODELS, random_model, time_pairs, write_results  # noqa: E402
 from distill.cpu_sharing import share_cores_gracefully  # noqa: E402
 from distill.engine.device import native_bf16  # noqa: E402
 from distill.models.checkpoint import load_model  # noqa: E402
-from distill.models.factory import build_backbone  # noqa: E402
 from distill.teacher import Teacher, bf16_embed  # noqa: E402
 
 Embed = Callable[[torch.Tensor], torch.Tensor]
-
-
-def default_teacher() -> torch.nn.Module:
-    """The default preset's teacher with random weights and non-default BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = build_backbone("iresnet18", 512, base_width=32)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+DEFAULT_TEACHER = "teacher iresnet18 w32"  # the default preset's, as eval_twin.py builds it
 
 
 def ways(model: torch.nn.Module) -> dict[str, Embed]:
@@ -71,19 +57,6 @@ def ways(model: torch.nn.Module) -> dict[str, Embed]:
     return {"fp32": fp32, "bf16 autocast": autocast, "bf16 folded": bf16_embed(teacher)}
 
 
-def time_ways(embeds: dict[str, Embed], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median seconds of one batch per way, the ways taking turns in every round."""
-    for e in embeds.values():
-        e(x)  # warm-up
-    samples: dict[str, list[float]] = {k: [] for k in embeds}
-    for _ in range(rounds):
-        for k, e in embeds.items():
-            start = time.perf_counter()
-            e(x)
-            samples[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def main() -> int:
     share_cores_gracefully()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,11 +70,11 @@ def main() -> int:
         sys.exit("this CPU has no native bf16 (amx_bf16/avx512_bf16): the cache runs fp32 here")
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
-    model = load_model(args.checkpoint)[0] if args.checkpoint else default_teacher()
+    model = load_model(args.checkpoint)[0] if args.checkpoint else random_model(*MODELS[DEFAULT_TEACHER])
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 112, 112, generator=g) * 2 - 1
     embeds = ways(model)
-    secs = time_ways(embeds, x, args.rounds)
+    secs = time_pairs(embeds, x, args.rounds)
     ref = embeds["fp32"](x).double()
     rows = []
     for name, e in embeds.items():
@@ -134,16 +107,12 @@ def main() -> int:
             f"| {r['way']} | {r['images_per_second']:.1f} | {r['speedup_vs_autocast']:.2f}x | "
             f"{r['min_cosine_to_fp32']:.6f} | {r['cache_seconds_default_run']:.0f} |"
         )
-    text = "\n".join(table)
-    print(text)
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     header = (
         f"# Teacher cache ({result['date']})\n\n{result['teacher']}; {result['machine']}; {args.threads} "
         f"threads, batch {args.batch}, median of {args.rounds} interleaved rounds; the last column is "
-        "7,200 images and their mirrors at that rate.\n\n"
+        "7,200 images and their mirrors at that rate."
     )
-    out.with_suffix(".md").write_text(header + text + "\n")
+    write_results(Path(args.out), result, header, table)
     return 0
 
 
