@@ -121,12 +121,13 @@ RUN_OVERHEAD_S = 0.0  # model loads and records: inside the rates above
 # machine (SIGSTOP during other measurements): feature_l2 and unified read 6-9 img/s where their steps
 # ran as fast as every other method's (1.3-1.4 s); the table leaves such records out of its img/s column.
 MEDIAN_STEP = "median step"
-# A teacher's fingerprint in its record (``teacher_probe``): unit embeddings of this many validation
-# images; a teacher rebuilt in a fresh run folder must match them to this cosine (a rebuild with the same
-# machine and libraries gives the same weights: seeded, deterministic on a CPU; anything else is another
-# teacher, whose students would not belong in the same table)
+# A teacher's fingerprint in its record (``teacher_probe``): the cosines between its embeddings of this
+# many validation images (28 numbers for 8); a teacher rebuilt in a fresh run folder must give them again
+# to within this (a rebuild with the same machine and libraries gives the same weights: seeded,
+# deterministic on a CPU; another teacher moves them by hundredths; its students would not belong in
+# the same table)
 PROBE_IMAGES = 8
-PROBE_MIN_COSINE = 0.9999
+PROBE_MAX_DIFF = 1e-3
 
 
 def teacher_free(method: str) -> bool:
@@ -363,39 +364,39 @@ def run_method(ctx: Any, method: str, seed: int, out: Path, flip: bool, lfw: lis
     }
 
 
-def teacher_probe(teacher: Any, images: Any) -> list[list[float]]:
-    """The teacher's unit embeddings of the first ``PROBE_IMAGES`` validation images: a fingerprint that
-    tells a retrained (or replaced) teacher from the one a record was scored with."""
+def teacher_probe(teacher: Any, images: Any) -> list[float]:
+    """A fingerprint that tells a retrained (or replaced) teacher from the one a record was scored with:
+    the cosines between its embeddings of the first ``PROBE_IMAGES`` validation images (upper triangle,
+    6 decimals; small enough for a committed record)."""
     from distill.metrics.verification import embed_pairs
 
     emb, _ = embed_pairs(teacher.embed, images[:PROBE_IMAGES], flip=False)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    return np.round(unit, 6).tolist()
+    upper = np.triu_indices(len(unit), k=1)
+    return np.round((unit @ unit.T)[upper], 6).tolist()
 
 
-def probe_cosine(a: list[list[float]], b: list[list[float]]) -> float:
-    """The lowest cosine between two probes' rows (both unit rows; 6 decimals)."""
+def probe_difference(a: list[float], b: list[float]) -> float:
+    """The largest difference between two probes (infinite when they do not match in size)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if x.shape != y.shape:
-        return -1.0
-    return float(((x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))).min())
+    return float(np.abs(x - y).max()) if x.shape == y.shape and x.size else float("inf")
 
 
 def check_same_teacher(ctx: Any, trec: dict[str, Any], flip: bool, lfw: list[Any]) -> dict[str, Any]:
     """The teacher in the run folder must be the one the record describes, or new students would be
-    compared with students of another teacher. A record with a probe is checked by it (cosine >=
-    ``PROBE_MIN_COSINE``); one without (written before 2026-12-04) by scoring the teacher again, its
-    accuracy equal to the record's within one pair, and it gains the probe. Raises SystemExit else."""
+    compared with students of another teacher. A record with a probe is checked by it (no cosine moved
+    by more than ``PROBE_MAX_DIFF``); one without (written before 2026-12-04) by scoring the teacher
+    again, its accuracy equal to the record's within one pair, and it gains the probe. Exits else."""
     from pipeline.stages import load_data, open_teacher
 
     _, vals = load_data(ctx)
     probe = teacher_probe(open_teacher(ctx), vals[0].images)
     if "probe" in trec:
-        cos = probe_cosine(probe, trec["probe"])
-        if cos < PROBE_MIN_COSINE:
+        moved = probe_difference(probe, trec["probe"])
+        if moved > PROBE_MAX_DIFF:
             sys.exit(
-                f"the teacher in {ctx.run.root} is not the recorded one (probe cosine {cos:.6f} < "
-                f"{PROBE_MIN_COSINE}): its students would not compare with the recorded ones; restore that "
+                f"the teacher in {ctx.run.root} is not the recorded one (its probe moved by {moved:.6f} > "
+                f"{PROBE_MAX_DIFF}): its students would not compare with the recorded ones; restore that "
                 "run folder, or move the teacher's records aside to start its table again"
             )
         return trec

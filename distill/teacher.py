@@ -126,8 +126,8 @@ def shard_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -
 def bf16_embed(teacher: Teacher) -> Callable[[torch.Tensor], torch.Tensor]:
     """The teacher's embedding in bf16 on its device (a PyTorch teacher), through an inference copy:
     BatchNorm folded into the convolutions before it (``fold_batchnorm``), then weights and activations
-    in bf16. On this 2-core CPU (AMX) the default iResNet-18 teacher embeds a batch of 64 in 0.20 s
-    against 0.27 s under bf16 autocast of the module as it is, at the same cosine to fp32
+    in bf16. On this 2-core CPU (AMX) the default run's trained teacher embeds a batch of 64 in 0.19 s
+    against 0.26 s under bf16 autocast of the module as it is, at the same cosine to fp32
     (benchmarks/results/teacher_cache.md). The module itself is untouched (it stays fp32)."""
     from distill.models.inference import fold_batchnorm
 
@@ -172,7 +172,7 @@ def cache_embed_fn(
     if worst < min_cosine:
         why = f"bf16 embeddings of the first batch reach cosine {worst:.5f} to fp32, below {min_cosine}"
         return teacher.embed, {"precision": "fp32", "why": why, **checked}
-    why = f"bf16 on {device.type}, BatchNorm folded into the convolutions"
+    why = f"a bf16 inference copy on {device.type}"
     return embed_bf16, {"precision": "bf16", "why": why, **checked}
 
 

@@ -204,20 +204,25 @@ def _serve_teacher(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, teacher: 
     monkeypatch.setattr(stages, "open_teacher", lambda ctx: teacher)
 
 
-def test_teacher_probe_is_the_unit_embedding_of_the_first_images(bench: ModuleType) -> None:
+def test_teacher_probe_is_the_cosines_among_the_first_images(bench: ModuleType) -> None:
     import numpy as np
 
     images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     teacher = _LinearTeacher(1)
-    probe = np.asarray(bench.teacher_probe(teacher, images))
-    # independently: (pixel - 127.5) / 127.5 in NCHW order, times W, scaled to unit length
+    probe = bench.teacher_probe(teacher, images)
+    # independently: (pixel - 127.5) / 127.5 in NCHW order, times W; cosine of every pair i < j, in order
     x = ((images[: bench.PROBE_IMAGES].astype(np.float64) - 127.5) / 127.5).transpose(0, 3, 1, 2)
     e = x.reshape(len(x), -1) @ teacher.w.T
-    assert probe.shape == (bench.PROBE_IMAGES, 6)
-    np.testing.assert_allclose(probe, e / np.linalg.norm(e, axis=1, keepdims=True), atol=1e-6)
-    assert bench.probe_cosine(probe.tolist(), probe.tolist()) == pytest.approx(1.0)
+    n = bench.PROBE_IMAGES
+    expected = [
+        e[i] @ e[j] / (np.linalg.norm(e[i]) * np.linalg.norm(e[j])) for i in range(n) for j in range(i + 1, n)
+    ]
+    assert len(probe) == n * (n - 1) // 2 == 28
+    np.testing.assert_allclose(probe, expected, atol=1e-6)
+    assert bench.probe_difference(probe, probe) == 0.0
+    assert bench.probe_difference(probe, probe[:-1]) == float("inf")
     other = bench.teacher_probe(_LinearTeacher(2), images)
-    assert bench.probe_cosine(probe.tolist(), other) < 0.9  # another teacher is far off
+    assert bench.probe_difference(probe, other) > 100 * bench.PROBE_MAX_DIFF  # another teacher is far off
 
 
 def test_a_rebuilt_teacher_must_be_the_recorded_one(
@@ -238,10 +243,10 @@ def test_a_rebuilt_teacher_must_be_the_recorded_one(
     # an old record without a probe: the teacher is scored again and must give the recorded accuracy
     old = {"accuracy": 0.9, "pairs": 6000}
     for acc, ok in ((0.9, True), (0.9 + 1 / 6000, True), (0.9 + 2 / 6000, False)):
-        rescored = {"accuracy": acc, "pairs": 6000, "probe": [[1.0]]}
+        rescored = {"accuracy": acc, "pairs": 6000, "probe": [1.0]}
         monkeypatch.setattr(bench, "teacher_record", lambda *a, r=rescored: r)
         if ok:
-            assert bench.check_same_teacher(ctx, old, False, [])["probe"] == [[1.0]]
+            assert bench.check_same_teacher(ctx, old, False, [])["probe"] == [1.0]
         else:
             with pytest.raises(SystemExit, match="scores 90.03 % where its record says 90.00 %"):
                 bench.check_same_teacher(ctx, old, False, [])

@@ -12,7 +12,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     Linear folded into its weights; the original is untouched.
 
     Eager PyTorch runs each BatchNorm as a pass of its own over the activations (30 of them in the
-    default iResNet-18 teacher: as long as its convolutions on this CPU under bf16), while the folded
+    default iResNet-18 teacher: nearly as long as its convolutions on this CPU), while the folded
     copy computes the same function up to float rounding. torch.fx's ``fuse`` does the graph work (it
     lives in ``torch.fx.experimental``: tests/test_inference_copy.py fails if it stops folding); a
     module fx cannot trace is returned unfolded.
