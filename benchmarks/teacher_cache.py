@@ -70,7 +70,11 @@ def main() -> int:
         sys.exit("this CPU has no native bf16 (amx_bf16/avx512_bf16): the cache runs fp32 here")
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
-    model = load_model(args.checkpoint)[0] if args.checkpoint else random_model(*MODELS[DEFAULT_TEACHER])
+    if args.checkpoint:
+        model, meta = load_model(args.checkpoint)
+        about = f"{args.checkpoint}: {meta['arch']} {meta['arch_kwargs']}, trained"
+    else:
+        model, about = random_model(*MODELS[DEFAULT_TEACHER]), "iresnet18 w32, 512-d, random weights"
     g = torch.Generator().manual_seed(0)
     x = torch.rand(args.batch, 3, 112, 112, generator=g) * 2 - 1
     embeds = ways(model)
@@ -91,7 +95,7 @@ def main() -> int:
     result = {
         "benchmark": "teacher_cache",
         "date": date.today().isoformat(),
-        "teacher": args.checkpoint or "iresnet18 w32, 512-d, random weights",
+        "teacher": about,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average {load_start:.2f} at start",
         "threads": args.threads,
         "batch": args.batch,
