@@ -179,7 +179,7 @@ def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
         out += [
             "",
             f"Student training throughput: {distill['images_per_second']:.1f} img/s "
-            "(forward + backward + update, data loading excluded).",
+            "(the median step: forward + backward + update, data loading excluded).",
         ]
     hashed = [r for r in rows if r.sha256]
     if hashed:
