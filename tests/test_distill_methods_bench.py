@@ -193,13 +193,11 @@ class _LinearTeacher:
 
 
 def _serve_teacher(bench: ModuleType, monkeypatch: pytest.MonkeyPatch, teacher: Any, images: Any) -> None:
+    from types import SimpleNamespace
+
     import pipeline.stages as stages
 
-    class _Set:
-        pass
-
-    vs = _Set()
-    vs.images = images
+    vs = SimpleNamespace(images=images)  # a verification set as check_same_teacher reads it
     monkeypatch.setattr(stages, "load_data", lambda ctx: (None, [vs]))
     monkeypatch.setattr(stages, "open_teacher", lambda ctx: teacher)
 
