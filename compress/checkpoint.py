@@ -52,6 +52,10 @@ def load_quantized(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the quantized model (eval mode) and its meta (arch, arch_kwargs, extra)."""
     import nncf.torch
 
+    from compress.fake_quant import use_torch_kernels
+
+    use_torch_kernels()  # its quantizers run on a CPU without NNCF's C++ build
+
     payload = _read(path)
     model = build_backbone(payload["arch"], **payload["arch_kwargs"]).eval()
     try:

@@ -73,6 +73,9 @@ def quantize_model(
     """A new NNCF-quantized copy of ``model`` (fake-quant hooks; ranges calibrated on ``batches``)."""
     import nncf
 
+    from compress.fake_quant import use_torch_kernels
+
+    use_torch_kernels()  # calibration and QAT run the quantizers without NNCF's C++ build
     model = model.cpu().float().eval()
     return nncf.quantize(
         model,

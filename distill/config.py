@@ -24,6 +24,8 @@ import yaml
 from distill.data.synth import SynthSpec
 from distill.errors import InputError
 
+AMP_CHOICES = ("auto", "bf16", "bf16_if_native", "fp16", "off")  # TrainConfig.amp (engine/device.py)
+
 
 @dataclass
 class DataConfig:
@@ -48,7 +50,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200  # steps between atomic checkpoints
     eval_every: int = 0  # steps between verification evaluations, and at the end (0 = never; measure does it)
-    amp: str = "auto"  # auto | bf16 | fp16 | off (CUDA: auto = bf16/fp16; CPU: bf16 if asked and native)
+    # auto | bf16 | bf16_if_native | fp16 | off (CUDA: auto = bf16/fp16; a CPU: bf16 only if asked, and
+    # bf16 refused where it is emulated; bf16_if_native: bf16 where native, else fp32): engine/device.py
+    amp: str = "auto"
     device: str = "auto"  # auto | cpu | cuda
     max_steps: int = 0  # 0 = from epochs; > 0 caps the run (smoke tests)
     # NHWC memory format: ~1.9x faster MobileFaceNet training on this CPU (oneDNN); see engine/device.py.
@@ -257,8 +261,8 @@ def validate_train(name: str, tc: TrainConfig) -> None:
         raise InputError(f"{name}.lr: must be > 0, got {tc.lr}")
     if tc.epochs <= 0 and tc.max_steps <= 0:
         raise InputError(f"{name}.epochs: must be > 0, got {tc.epochs}")
-    if tc.amp not in ("auto", "bf16", "fp16", "off"):
-        raise InputError(f"{name}.amp: must be one of auto, bf16, fp16, off; got '{tc.amp}'")
+    if tc.amp not in AMP_CHOICES:
+        raise InputError(f"{name}.amp: must be one of {', '.join(AMP_CHOICES)}; got '{tc.amp}'")
     if tc.sampler not in ("random", "balanced"):
         raise InputError(f"{name}.sampler: must be 'random' or 'balanced'; got '{tc.sampler}'")
     if tc.sampler == "balanced" and tc.balanced_identities * tc.balanced_images >= tc.batch_size:

@@ -341,6 +341,7 @@ def stage_teacher(ctx: Context) -> dict[str, Any]:
                 "input": contract.to_dict(),
                 "images_per_second": summary.images_per_second,
                 "steps": summary.steps,
+                "train_precision": summary.precision,  # teacher.train.amp as this machine resolved it
             }
             recorded, final = _record_trained(ctx, work, "teacher", vals, stage="teacher")
             metrics.update(final)
@@ -562,12 +563,14 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         if not q.enabled:
             write_json(work / "qat.json", {"enabled": False})
             return StageOutcome(["qat.json"], {"enabled": False})
+        from compress.fake_quant import use_torch_kernels
         from compress.nncf_extension import ensure_nncf_kernels
         from compress.qat import quantization_aware_distill
         from distill.engine.train import TeacherTargets
         from distill.teacher import open_teacher_cache
 
-        ensure_nncf_kernels(log=ctx.log)  # before calibration, not in the middle of it
+        if not use_torch_kernels():  # FACEKD_NNCF_CPU_KERNELS=1: NNCF's C++ kernels, built up front
+            ensure_nncf_kernels(log=ctx.log)  # before calibration, not in the middle of it
         train, vals = load_data(ctx)
         plain, flipped = open_teacher_cache(ctx.run.stage_dir("cache"))
         outcome = quantization_aware_distill(

@@ -76,6 +76,19 @@ def test_every_preset_is_valid():
         assert to_dict(cfg)["distill"]["arch"] == "mobilefacenet"
 
 
+def test_only_the_cpu_recipe_trains_its_teacher_in_native_bf16():
+    """The default preset's teacher: bf16 where the CPU runs it natively; the students, the smoke preset
+    and the GPU recipe keep the engine's ``auto``; a typo names the choices."""
+    default = load_config(preset="default")
+    assert default.teacher.train.amp == "bf16_if_native"
+    assert default.distill.train.amp == default.qat.train.amp == "auto"
+    assert load_config(preset="tiny").teacher.train.amp == "auto"
+    assert load_config(preset="gpu").teacher.train.amp == "auto"
+    default.teacher.train.amp = "bf16-native"
+    with pytest.raises(InputError, match="teacher.train.amp: must be one of auto, bf16, bf16_if_native"):
+        validate(default)
+
+
 def test_arch_params_belong_to_their_arch(tmp_path):
     from pipeline.config import load_config
 

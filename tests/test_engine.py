@@ -178,12 +178,15 @@ def test_cpu_bf16_autocast_only_when_asked_and_native(tmp_path, monkeypatch):
     monkeypatch.setattr(device_mod, "native_bf16", lambda _d: False)
     with pytest.raises(InputError, match="train.amp: bf16 on a CPU without native bf16"):
         resolve_amp_dtype("bf16", cpu)
+    assert resolve_amp_dtype("bf16_if_native", cpu) is None  # the default preset's teacher on such a CPU
     monkeypatch.setattr(device_mod, "native_bf16", lambda _d: True)
     assert resolve_amp_dtype("bf16", cpu) is torch.bfloat16
+    assert resolve_amp_dtype("bf16_if_native", cpu) is torch.bfloat16
     # the engine then really computes in bf16: the loss of a bf16 step differs from the fp32 one
     fp32, bf16 = make_job(tmp_path / "fp32", steps=1), make_job(tmp_path / "bf16", steps=1)
     bf16.cfg.amp = "bf16"
     a, b = train(fp32), train(bf16)
+    assert (a.precision, b.precision) == ("fp32", "bf16")  # what the stage records
     assert a.final_losses["total"] != b.final_losses["total"]
     assert a.final_losses["total"] == pytest.approx(b.final_losses["total"], rel=0.05)
 

@@ -94,6 +94,7 @@ class TrainSummary:
     resumed_from_step: int = 0
     step_seconds: list[float] = field(default_factory=list)  # compute time of each step this call ran
     step_totals: list[float] = field(default_factory=list)  # weighted total loss of each of those steps
+    precision: str = "fp32"  # what the forward passes computed in: fp32, or the autocast dtype (bf16, fp16)
 
 
 def total_steps(cfg: TrainConfig, num_samples: int) -> int:
@@ -353,6 +354,7 @@ def train(job: TrainJob) -> TrainSummary:
         resumed_from_step=start_step,
         step_seconds=step_seconds,
         step_totals=step_totals,
+        precision={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32"),
     )
 
 
