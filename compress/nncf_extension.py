@@ -1,5 +1,8 @@
 """NNCF's C++ quantization kernels for CPU: built once per install, up front, never blocked by a stale lock.
 
+Used when ``FACEKD_NNCF_CPU_KERNELS=1`` (NNCF as it ships) and by the tests that compare facekd's port
+(``compress/fake_quant.py``, the default, which needs no build) against these kernels.
+
 NNCF compiles them with torch's JIT extension builder on first use, into torch's shared extensions folder,
 and gives up after 60 s (``NNCF_EXTENSION_LOAD_TIMEOUT``). On a loaded 2-core machine the build alone can
 take longer; the process then dies with the build half done and torch's ``lock`` file left behind, and
