@@ -41,7 +41,7 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (12.8 min on 2 cores at its last
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (11.0 min on 2 cores at its last
 # timing, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real data.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
