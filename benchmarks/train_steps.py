@@ -106,7 +106,7 @@ def main() -> int:
     rows = []
     for pair in pairs:
         secs = time_pairs(pair, x, args.rounds)
-        base, new = list(secs)
+        base = next(iter(secs))  # the way the other replaced
         rows += [
             {"way": k, "seconds_per_step": s, "images_per_second": args.batch / s, "speedup": secs[base] / s}
             for k, s in secs.items()

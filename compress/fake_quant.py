@@ -8,8 +8,10 @@ passes over each activation). Here the forward is the same op sequence (bit-iden
 backward the same arithmetic on what the forward kept (10 passes), so gradients are bit-identical too:
 ``tests/test_fake_quant.py`` checks both against NNCF's own kernels and its reference implementation.
 
-On a GPU, NNCF's CUDA kernels run as NNCF calls them. ``FACEKD_NNCF_CPU_KERNELS=1`` leaves NNCF as it
-ships (its C++ kernels, built by ``compress/nncf_extension.py``).
+Only where no CUDA GPU is present: on a GPU box NNCF stays as it ships (its CUDA kernels for the GPU,
+its C++ ones for anything on the CPU), the path no facekd code changes and no CPU test could check.
+``FACEKD_NNCF_CPU_KERNELS=1`` leaves NNCF as it ships on a CPU machine too (its C++ kernels, built by
+``compress/nncf_extension.py``).
 """
 
 from __future__ import annotations
@@ -107,41 +109,26 @@ class _Asymmetric(torch.autograd.Function):
 
 
 def _forward(ctx: Any, x, low, span, levels, level_low, level_high) -> torch.Tensor:  # noqa: ANN001
-    ctx.device = x.device.type
-    ctx.levels, ctx.level_low, ctx.level_high = levels, level_low, level_high
-    if x.is_cuda:  # NNCF's CUDA kernels, called as NNCF calls them
-        from nncf.torch.quantization.extensions import QuantizedFunctionsCUDA
-
-        out = QuantizedFunctionsCUDA.get("Quantize_forward")(x.contiguous(), low, span, levels)
-        ctx.save_for_backward(x.contiguous(), low, span)
-        return out
+    ctx.level_low, ctx.level_high = level_low, level_high
     out = quantize_forward(x, low, span, levels)
     ctx.save_for_backward(x, out - x, low, span)
     return out
 
 
 def _backward(ctx: Any, grad: torch.Tensor, asymmetric: bool) -> tuple[Any, Any, Any]:
-    if ctx.device == "cuda":
-        from nncf.torch.quantization.extensions import QuantizedFunctionsCUDA
-
-        x, low, span = ctx.saved_tensors
-        return tuple(
-            QuantizedFunctionsCUDA.get("Quantize_backward")(
-                grad.contiguous(), x, low, span, ctx.levels, ctx.level_low, ctx.level_high
-            )
-        )
     x, error, low, span = ctx.saved_tensors
     return quantize_backward(grad, x, error, low, span, ctx.level_low, ctx.level_high, asymmetric)
 
 
 def use_torch_kernels() -> bool:
-    """Route NNCF's quantizers through this module (unless ``FACEKD_NNCF_CPU_KERNELS=1``); idempotent.
+    """Route NNCF's quantizers through this module on a machine without a CUDA GPU (unless
+    ``FACEKD_NNCF_CPU_KERNELS=1``); idempotent.
 
     Returns whether they are in use. NNCF's ``symmetric_quantize`` and ``asymmetric_quantize`` look their
     autograd classes up in their module at every call: replacing those two names is the whole change
     (private API, hence :func:`nncf_quantize_functions` checks what it replaces and fails loudly).
     """
-    if os.environ.get(OPT_OUT_ENV) == "1":
+    if os.environ.get(OPT_OUT_ENV) == "1" or torch.cuda.is_available():
         return False
     module = nncf_quantize_functions()
     module.QuantizeSymmetric = _Symmetric

@@ -46,7 +46,8 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         # bf16 autocast where the CPU runs it natively (AMX / AVX512-BF16), fp32 elsewhere: the teacher's
-        # training step 1.9x faster here; benchmarks/results/pipeline_default.md has its accuracy
+        # training step 2.0x faster here (benchmarks/results/train_steps.md); its accuracy is in
+        # benchmarks/results/pipeline_default.md
         "teacher": {"train": {"amp": "bf16_if_native"}},
     },
     "tiny": {

@@ -156,6 +156,12 @@ def test_opt_out_leaves_nncf_as_shipped(monkeypatch, nncf_as_shipped):
     assert nncf_as_shipped.QuantizeSymmetric is NNCF_CLASSES[0]
 
 
+def test_a_gpu_box_keeps_nncf_as_shipped(monkeypatch, nncf_as_shipped):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert use_torch_kernels() is False
+    assert (nncf_as_shipped.QuantizeSymmetric, nncf_as_shipped.QuantizeAsymmetric) == NNCF_CLASSES
+
+
 def test_fails_loudly_when_nncf_changes(monkeypatch):
     from nncf.torch.quantization import quantize_functions as module
 

@@ -20,7 +20,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the GPU supports it, else fp16. On a CPU only when asked and only where bf16 runs
-    natively (AMX / AVX512-BF16): it trains the default iResNet teacher 1.9x faster here and MobileFaceNet
+    natively (AMX / AVX512-BF16): it trains the default iResNet teacher 2.0x faster here and MobileFaceNet
     not at all, and it changes the numbers, so ``auto`` keeps a CPU in fp32. ``bf16`` insists (an error
     on a CPU that would emulate it); ``bf16_if_native`` takes bf16 where it is native and fp32 elsewhere
     (the default preset's teacher: a recipe that must also run on any CPU)."""
