@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from distill.config import LossSpec, TrainConfig, validate_train
 from distill.errors import InputError
 
+KEEP_CHOICES = ("best_on_dev", "qat")
+
 
 @dataclass
 class QatConfig:
@@ -23,6 +25,10 @@ class QatConfig:
     # mean_minmax (NNCF's default) or minmax
     range_estimator: str = "histogram"
     fast_bias_correction: bool = True
+    # which INT8 model ships (export reads qat.json's "shipped"): "best_on_dev" = the QAT model unless the
+    # PTQ model scores higher on the data's dev sets (never on the reported val sets; the QAT model without
+    # a dev set); "qat" = always the QAT model
+    keep: str = "best_on_dev"
     # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
     losses: list[LossSpec] = field(default_factory=list)
     train: TrainConfig = field(
@@ -38,5 +44,7 @@ def validate_qat(q: QatConfig) -> None:
         raise InputError(
             f"qat.range_estimator: must be histogram, mean_minmax or minmax; got '{q.range_estimator}'"
         )
+    if q.keep not in KEEP_CHOICES:
+        raise InputError(f"qat.keep: must be one of {', '.join(KEEP_CHOICES)}; got '{q.keep}'")
     if q.calibration_images < 1 or q.calibration_batch < 1:
         raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")

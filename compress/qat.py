@@ -40,6 +40,8 @@ class QatOutcome:
     evaluation: dict[str, Any] = field(default_factory=dict)  # per model: a results row's verification fields
     # per model, per verification set: the embeddings of the images as they are (no mirror), float32
     plain_embeddings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shipped: str = "qat"  # the INT8 model export turns into artifacts: "qat" or "ptq" (see qat.keep)
+    selection: dict[str, Any] = field(default_factory=dict)  # how ``shipped`` was chosen, with the scores
 
 
 def quantization_aware_distill(
@@ -51,6 +53,7 @@ def quantization_aware_distill(
     dataset: Any,
     val_sets: list[VerificationSet],
     out_dir: Path,
+    dev_sets: list[VerificationSet] | None = None,
     teacher: TeacherTargets | None,
     teacher_head: torch.Tensor | None = None,
     flip_eval: bool = True,
@@ -67,7 +70,8 @@ def quantization_aware_distill(
     override or check that for callers that have them. ``evaluate_models`` names the models evaluated on
     ``val_sets`` at the end (the pipeline leaves out "fp32": the distill stage evaluated that file);
     ``embed_fn_for(name, model)`` gives each one's embedding function and what it computes (the pipeline
-    passes the INT8 Q/DQ ONNX on a CPU), by default the module in PyTorch.
+    passes the INT8 Q/DQ ONNX on a CPU), by default the module in PyTorch. ``dev_sets``: what
+    ``cfg.keep == "best_on_dev"`` chooses the shipped model by (never ``val_sets``: those are reported).
     """
     fp32, meta = load_model(student_path)
     if expected_arch is not None and meta["arch"] != expected_arch:
@@ -145,23 +149,67 @@ def quantization_aware_distill(
     metrics: dict[str, Any] = {"steps": summary.steps, "images_per_second": summary.images_per_second}
     evaluation: dict[str, Any] = {}
     plain: dict[str, dict[str, Any]] = {}
-    if val_sets and current_dist().is_main:
+    shipped, selection = "qat", {"rule": cfg.keep}
+    if (val_sets or dev_sets) and current_dist().is_main:
         ptq, _ = load_quantized(ptq_path)
-        for name, model in (("fp32", fp32), ("ptq", ptq), ("qat", qmodel)):
-            if name not in evaluate_models:
+        models = {"fp32": fp32, "ptq": ptq, "qat": qmodel}
+        embeds: dict[str, tuple[EmbedFn, str]] = {}
+
+        def embed_of(name: str) -> tuple[EmbedFn, str]:  # one embedding function per model, built once
+            if name not in embeds:
+                model = models[name].eval()
+                if embed_fn_for is None:
+                    embeds[name] = torch_embed_fn(model), "the module itself in PyTorch"
+                else:
+                    embeds[name] = embed_fn_for(name, model)
+            return embeds[name]
+
+        if cfg.keep == "best_on_dev":
+            shipped, selection = choose_on_dev(dev_sets or [], lambda name: embed_of(name)[0], flip_eval)
+        for name in ("fp32", "ptq", "qat"):
+            if name not in evaluate_models or not val_sets:
                 continue
             plain[name] = {}
-            if embed_fn_for is None:
-                embed, how = torch_embed_fn(model.eval()), "the module itself in PyTorch"
-            else:
-                embed, how = embed_fn_for(name, model.eval())
+            embed, how = embed_of(name)
             results = evaluate_sets(embed, val_sets, flip=flip_eval, keep_plain=plain[name])
             metrics[name] = summary_metrics(results)
             evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
             evaluation[name]["accuracy_via"] = how
+    metrics["shipped"], metrics["selection"] = shipped, selection
     return QatOutcome(
-        ptq_path=ptq_path, qat_path=qat_path, metrics=metrics, evaluation=evaluation, plain_embeddings=plain
+        ptq_path=ptq_path,
+        qat_path=qat_path,
+        metrics=metrics,
+        evaluation=evaluation,
+        plain_embeddings=plain,
+        shipped=shipped,
+        selection=selection,
     )
+
+
+def choose_on_dev(
+    dev_sets: list[VerificationSet], embed_of: Callable[[str], EmbedFn], flip: bool
+) -> tuple[str, dict[str, Any]]:
+    """``("qat" | "ptq", record)``: the PTQ model only when it scores higher than the QAT model on the dev
+    sets (mean verification accuracy; a tie keeps QAT); the QAT model when there is no dev set.
+
+    Fine-tuning a converged student with fake quantization can cost accuracy instead of winning it back;
+    this choice never looks at the reported val sets, so their numbers stay an unbiased report of it.
+    """
+    if not dev_sets:
+        return "qat", {"rule": "best_on_dev", "why": "no dev set (data.dev): the QAT model"}
+    scores = {}
+    for name in ("ptq", "qat"):
+        results = evaluate_sets(embed_of(name), dev_sets, flip=flip)
+        scores[name] = sum(r.accuracy for r in results.values()) / len(results)
+    shipped = "qat" if scores["qat"] >= scores["ptq"] else "ptq"
+    verdict = "at least as high as" if shipped == "qat" else "below"
+    return shipped, {
+        "rule": "best_on_dev",
+        "sets": [d.name for d in dev_sets],
+        "dev_accuracy": scores,
+        "why": f"QAT {100 * scores['qat']:.2f} % {verdict} PTQ {100 * scores['ptq']:.2f} % on the dev sets",
+    }
 
 
 def restore_loss_state(terms: torch.nn.ModuleDict, state: dict[str, torch.Tensor]) -> list[str]:

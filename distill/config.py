@@ -33,6 +33,9 @@ class DataConfig:
 
     train: str = ""  # folder with train.rec/train.idx, or an image folder; "" = synthesize
     val: list[str] = field(default_factory=list)  # .bin files or pairs folders; [] = synthetic val set
+    # verification sets a stage may choose by (stage two: PTQ or QAT), never reported as results, so the
+    # val sets stay untouched by every choice; [] = the synthetic dev set when data is generated, else none
+    dev: list[str] = field(default_factory=list)
     synth: SynthSpec = field(default_factory=SynthSpec)  # the generator's own settings
     workers: int = 0  # DataLoader worker processes (0 = decode in the training process)
 
@@ -293,6 +296,11 @@ def validate_stage_one(data: DataConfig, teacher: TeacherConfig, distill: Distil
         raise InputError(f"data.synth.{exc}") from None  # its messages start with the field name
     if data.synth.val_pairs < 20 or data.synth.val_pairs % 2:
         raise InputError(f"data.synth.val_pairs: must be an even number >= 20, got {data.synth.val_pairs}")
+    dev_pairs = data.synth.dev_pairs
+    if dev_pairs and (dev_pairs < 20 or dev_pairs % 2):
+        raise InputError(f"data.synth.dev_pairs: must be 0 or an even number >= 20, got {dev_pairs}")
+    if data.dev and not data.train:
+        raise InputError("data.dev: give it with data.train (generated data brings its own dev set)")
     if teacher.onnx and teacher.checkpoint:
         raise InputError("teacher: give teacher.onnx or teacher.checkpoint, not both")
     if not (teacher.onnx or teacher.checkpoint) and teacher.input != TeacherInputConfig():

@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
         "cache": "embed every training image and its mirror with the teacher, once (memory-mapped)",
         "distill": "cache teacher embeddings and distill the student (stage one)",
         "qat": "INT8 with NNCF: post-training quantization baseline, then quantization-aware "
-        "distillation with the teacher still teaching (stage two)",
+        "distillation with the teacher still teaching (stage two); export gets the QAT model unless the "
+        "PTQ one scores higher on the dev set (qat.keep)",
         "export": "export the student for the target and check each artifact against PyTorch",
         "measure": "measure accuracy and latency of every artifact; writes results.json",
         "report": "write report.md and report.html (tables, ROC, accuracy-vs-latency, training curves)",
@@ -141,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     synth = dsub.add_parser(
         "synth",
-        help="write a synthetic face data set (train.rec/.idx + synth_val.bin)",
+        help="write a synthetic face data set (train.rec/.idx + synth_val.bin + synth_dev.bin)",
         description="Generate face-like identities: train.rec/train.idx (InsightFace "
-        "RecordIO) and held-out identities as synth_val.bin.",
+        "RecordIO), held-out identities as synth_val.bin (reported) and other held-out identities as "
+        "synth_dev.bin (what stage two chooses PTQ or QAT by).",
     )
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--preset", default="default", help="size preset (default, tiny, gpu)")
@@ -151,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--images-per-identity", type=int, help="images per training identity")
     synth.add_argument("--val-identities", type=int, help="held-out identities for verification")
     synth.add_argument("--val-pairs", type=int, help="verification pairs (even)")
+    synth.add_argument(
+        "--dev-identities", type=int, help="other held-out identities, for a stage's choices (synth_dev.bin)"
+    )
+    synth.add_argument("--dev-pairs", type=int, help="pairs of the dev set (even; 0 = no synth_dev.bin)")
     synth.add_argument("--difficulty", type=float, help="0 (easy) .. 1 (hard) intra-identity variation")
     synth.add_argument("--seed", type=int, help="random seed (same seed, same bytes)")
     synth.add_argument("--no-progress", action="store_true")
@@ -380,6 +386,8 @@ def _data(args: argparse.Namespace) -> int:
         ("images_per_identity", "images_per_identity"),
         ("val_identities", "val_identities"),
         ("val_pairs", "val_pairs"),
+        ("dev_identities", "dev_identities"),
+        ("dev_pairs", "dev_pairs"),
         ("difficulty", "difficulty"),
         ("seed", "seed"),
     ):

@@ -154,6 +154,19 @@ def floor_lines(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def int8_choice_line(manifest: dict[str, Any]) -> str | None:
+    """Which INT8 model stage two handed to export and why (qat.keep), or None without stage two."""
+    qat = (manifest.get("stages") or {}).get("qat", {}).get("metrics") or {}
+    shipped = qat.get("shipped")
+    if not shipped:
+        return None
+    selection = qat.get("selection") or {}
+    why = selection.get("why") or f"qat.keep: {selection.get('rule', '?')}"
+    sets = ", ".join(selection.get("sets") or [])
+    on = f" (dev sets: {sets}; never the reported sets)" if sets else ""
+    return f"INT8 artifacts exported from {shipped}.pt: {why}{on}."
+
+
 def first_versions(manifest: dict[str, Any]) -> dict[str, Any]:
     for rec in (manifest.get("stages") or {}).values():
         if isinstance(rec, dict) and rec.get("versions"):
@@ -171,6 +184,8 @@ def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
     out += [*floor_lines(results), ""] if results.get("floors") else []
     for n in notes(rows):
         out.append(f"- {n}")
+    choice = int8_choice_line(manifest)
+    out += ["", choice] if choice else []
     out += ["", "## Stages", "", "| stage | seconds | key |", "|---|---|---|"]
     for name, rec in stages.items():
         out.append(f"| {name} | {rec.get('seconds', '-')} | `{rec.get('key', '')}` |")

@@ -163,6 +163,7 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             "train": d.train,
             "train_fp": fingerprint(_train_anchor(Path(d.train))),
             "val": [(v, fingerprint(Path(v))) for v in d.val],
+            "dev": [(v, fingerprint(Path(v))) for v in d.dev],
         }
 
         def fn(work: Path) -> StageOutcome:
@@ -172,9 +173,15 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             if not d.val:
                 raise InputError("data.val: give at least one verification set (.bin or pairs folder)")
             vals = [open_verification(v) for v in d.val]
+            devs = [open_verification(v) for v in d.dev]
+            clash = {v.name for v in vals} & {v.name for v in devs}
+            if clash:  # a set chosen by cannot also be the set reported on
+                raise InputError(f"data.dev: {sorted(clash)[0]} is also in data.val; choose by another set")
             info = {
                 "train": str(Path(d.train).resolve()),
                 "val": [str(Path(v).resolve()) for v in d.val],
+                "dev": [str(Path(v).resolve()) for v in d.dev],
+                "dev_pairs": {vs.name: int(len(vs.issame)) for vs in devs},
                 "images": len(train),
                 "identities": int(train.num_classes),
                 "val_pairs": {vs.name: int(len(vs.issame)) for vs in vals},
@@ -191,12 +198,15 @@ def stage_data(ctx: Context) -> dict[str, Any]:
             from distill.data.synth import synthesize
 
             summary = synthesize(work, d.synth, progress=ctx.progress)
-            info = {"train": "train.rec", "val": ["synth_val.bin"], "synthetic": True, **_plain(summary)}
+            dev = ["synth_dev.bin"] if (work / "synth_dev.bin").is_file() else []
+            info = {"train": "train.rec", "val": ["synth_val.bin"], "dev": dev, "synthetic": True}
+            info.update(_plain(summary))
             val = open_verification(work / "synth_val.bin")
             info["val_sets"] = _val_set_ids([work / "synth_val.bin"], [val])
             info["pixel_floor"] = _pixel_floor(ctx, [val])
             write_json(work / "data.json", info)
-            files = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json", "data.json"]
+            files = ["train.rec", "train.idx", "property", "synth_val.bin", *dev, "synth_meta.json"]
+            files.append("data.json")
             return StageOutcome(files, info)
 
     return ctx.run.run("data", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose)
@@ -260,6 +270,16 @@ def load_data(ctx: Context) -> tuple[Any, list[Any]]:
     train_path = resolve(info["train"])
     train = open_train_set(train_path.parent if train_path.name == "train.rec" else train_path)
     return train, [open_verification(resolve(v)) for v in info["val"]]
+
+
+def load_dev(ctx: Context) -> list[Any]:
+    """The verification sets a stage may choose by (data.dev, or the synthetic dev set): never the val
+    sets, never reported; [] for a run folder from before the data stage kept one."""
+    from distill.data.faces import open_verification
+
+    base = ctx.run.stage_dir("data")
+    info = json.loads((base / "data.json").read_text())
+    return [open_verification(p if Path(p).is_absolute() else base / p) for p in info.get("dev") or []]
 
 
 def _data_key(ctx: Context) -> dict[str, Any]:
@@ -578,6 +598,7 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
             cfg=q,
             dataset=train,
             val_sets=vals,
+            dev_sets=load_dev(ctx),
             out_dir=work,
             teacher=TeacherTargets(plain, flipped),
             teacher_head=teacher_head(ctx),
@@ -591,6 +612,8 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         calibration = {"images": q.calibration_images, "seed": q.train.seed}
         metrics = {"enabled": True, "calibration": calibration, **outcome.metrics}
         write_json(work / "qat.json", metrics)
+        why = outcome.selection.get("why") or f"qat.keep: {q.keep}"
+        ctx.log(f"[qat] INT8 model for export: {outcome.shipped}.pt ({why})")
         files = {name: work / f"{name}.pt" for name in outcome.evaluation}
         write_evaluation(ctx, work, outcome.evaluation, files, outcome.plain_embeddings, vals)
         kept = [f for f in (f"plain_{name}.npy" for name in outcome.plain_embeddings) if (work / f).is_file()]
@@ -602,6 +625,15 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
 def qat_enabled(ctx: Context) -> bool:
     """Whether stage two produced an INT8 model in this run folder."""
     return (ctx.run.stage_dir("qat") / "qat.pt").is_file()
+
+
+def shipped_int8(ctx: Context) -> str:
+    """The INT8 model stage two chose for export, "qat" or "ptq" (qat.json; "qat" in older run folders)."""
+    record = ctx.run.stage_dir("qat") / "qat.json"
+    shipped = json.loads(record.read_text()).get("shipped", "qat") if record.is_file() else "qat"
+    if shipped not in ("qat", "ptq"):
+        raise InputError(f"{record}: 'shipped' must be qat or ptq, got {shipped!r}; re-run with: qat --force")
+    return shipped
 
 
 # -------------------------------------------------------------------------------------------- export
@@ -662,7 +694,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         add_golden_files(artifacts, work, crops, names, source=crops_from)
         sources = {"distill": sha256_file(student_path)}
         if qat_enabled(ctx):
-            sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / "qat.pt")
+            sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / f"{shipped_int8(ctx)}.pt")
         tools = versions()
         entries = []
         for a in artifacts:
@@ -701,18 +733,19 @@ def _golden_crops(e: Any, val: Any) -> tuple[Any, list[str], str]:
 def _qat_model(ctx: Context) -> Any:
     from compress.checkpoint import load_quantized
 
-    return load_quantized(ctx.run.stage_dir("qat") / "qat.pt")[0]
+    return load_quantized(ctx.run.stage_dir("qat") / f"{shipped_int8(ctx)}.pt")[0]
 
 
 def _int8_artifacts(ctx: Context, formats: list[str], work: Path, train: Any, vals: list[Any]) -> list[Any]:
-    """Q/DQ ONNX and full-integer .tflite of the QAT model, checked against its fake-quant outputs."""
+    """Q/DQ ONNX and full-integer .tflite of stage two's shipped model (QAT, or PTQ when it won on the dev
+    sets), checked against its fake-quant outputs."""
     from compress.checkpoint import float_model, load_quantized
     from compress.quantize import calibration_batches
     from deploy.artifacts import parity_batch
     from deploy.int8_artifacts import export_int8_artifacts
 
     e = ctx.cfg.export
-    qat_path = ctx.run.stage_dir("qat") / "qat.pt"
+    qat_path = ctx.run.stage_dir("qat") / f"{shipped_int8(ctx)}.pt"
     qmodel, _ = load_quantized(qat_path)
     recorded = json.loads((ctx.run.stage_dir("qat") / "qat.json").read_text()).get("calibration")
     if not recorded:  # a qat stage from before it recorded its calibration: run it again
@@ -755,7 +788,7 @@ def _thresholds(ctx: Context, source: str, val: Any) -> dict[str, Any]:
     from distill.evaluation import EVAL_BATCH, torch_embed_fn
     from distill.metrics.verification import embed_pairs
 
-    stage, name = ("distill", "student") if source == "distill" else ("qat", "qat")
+    stage, name = ("distill", "student") if source == "distill" else ("qat", shipped_int8(ctx))
     path = ctx.run.stage_dir(stage) / f"{name}.pt"
     emb = saved_plain_embeddings(ctx, stage, name, path, val)
     if emb is None:
@@ -906,7 +939,7 @@ def _source_evaluations(ctx: Context, vals: list[Any]) -> dict[str, Any]:
     from devices.measure import SourceEvaluation
 
     out = {}
-    for stage, name in (("distill", "student"), ("qat", "qat")):
+    for stage, name in (("distill", "student"), ("qat", shipped_int8(ctx))):
         path = ctx.run.stage_dir(stage) / f"{name}.pt"
         if not vals or not path.is_file():
             continue

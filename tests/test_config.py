@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from distill.config import to_dict
@@ -60,6 +62,17 @@ def test_range_checks():
     cfg = load_config(overrides={"teacher": {"train": {"amp": "fp8"}}})
     with pytest.raises(InputError, match="teacher.train.amp"):
         validate(cfg)
+    bad = {
+        "data.synth.dev_pairs: must be 0 or an even number >= 20, got 21": {
+            "data": {"synth": {"dev_pairs": 21}}
+        },
+        "data.dev: give it with data.train": {"data": {"dev": ["lfw.bin"]}},
+        "qat.keep: must be one of best_on_dev, qat; got 'ptq'": {"qat": {"keep": "ptq"}},
+    }
+    for message, overrides in bad.items():
+        with pytest.raises(InputError, match=re.escape(message)):
+            validate(load_config(overrides=overrides))
+    validate(load_config(overrides={"data": {"synth": {"dev_pairs": 0}}}))  # no dev set: allowed
 
 
 def test_unknown_preset_and_missing_file(tmp_path):

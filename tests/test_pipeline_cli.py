@@ -209,6 +209,26 @@ def _bad_run(tmp_path, capsys, cfg: Path, stage: str = "teacher") -> str:
     return line
 
 
+def test_real_data_takes_a_dev_set_to_choose_by_but_never_a_val_set(tmp_path, capsys, synth_data):
+    cfg = _real_data_config(tmp_path, synth_data, synth_data / "synth_val.bin")
+    cfg.write_text(cfg.read_text() + f"  dev: [{synth_data / 'synth_val.bin'}]\n")
+    line = _bad_run(tmp_path, capsys, cfg)  # the data stage stops the run before the teacher
+    assert "synth_val is also in data.val; choose by another set" in line
+    cfg.write_text(
+        cfg.read_text().replace(
+            "dev: [" + str(synth_data / "synth_val.bin"), "dev: [" + str(synth_data / "synth_dev.bin")
+        )
+    )
+    out = tmp_path / "ok"
+    assert (
+        main(["teacher", "--preset", "tiny", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    )
+    info = json.loads((out / "data" / "data.json").read_text())
+    assert info["dev"] == [str((synth_data / "synth_dev.bin").resolve())] and info["dev_pairs"] == {
+        "synth_dev": 40
+    }
+
+
 def test_missing_rec_is_one_clear_error(tmp_path, capsys, synth_data):
     train = tmp_path / "train"
     train.mkdir()

@@ -88,10 +88,17 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
         assert saved["sha256"][stage] == sha256_file(out / "qat" / f"{stage}.pt")
         assert r["accuracy_via"].startswith("the qat stage's evaluation of this file (sha256 checked)")
         assert "through its INT8 Q/DQ ONNX on onnxruntime" in r["accuracy_via"]  # on a CPU
-    # the shipped INT8 ONNX computes exactly what QAT evaluated: its accuracy is taken, not recomputed
+    # stage two chose what ships on the dev set (never the val set), and said so in the report
+    record = json.loads((out / "qat" / "qat.json").read_text())
+    shipped, selection = record["shipped"], record["selection"]
+    assert selection["sets"] == ["synth_dev"] and set(selection["dev_accuracy"]) == {"ptq", "qat"}
+    dev = selection["dev_accuracy"]
+    assert shipped == ("qat" if dev["qat"] >= dev["ptq"] else "ptq")
+    assert f"INT8 artifacts exported from {shipped}.pt" in (out / "report.md").read_text()
+    # the shipped INT8 ONNX computes exactly what stage two evaluated: its accuracy is taken, not recomputed
     int8 = [r for r in rows if r["format"] == "onnx" and r["precision"] == "int8"]
-    assert len(int8) == 2 and all(r["accuracy"] == fake_quant["qat"]["accuracy"] for r in int8)
-    assert all(r["accuracy_via"].startswith("the qat stage's evaluation of qat.pt") for r in int8)
+    assert len(int8) == 2 and all(r["accuracy"] == fake_quant[shipped]["accuracy"] for r in int8)
+    assert all(r["accuracy_via"].startswith(f"the qat stage's evaluation of {shipped}.pt") for r in int8)
     export = out / "export"
     artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]
     for a in artifacts:  # every Jetson ONNX comes with the script that builds its engine on the device
@@ -113,7 +120,7 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     assert int8["source"] == "qat" and int8["details"]["qdq_lint"] == "passed"
     assert all(r["contract"]["passed"] for r in rows if r["format"] == "onnx")  # the Q/DQ file included
     assert "fake-quant" in int8["parity"]["reference"]
-    assert int8["source_checkpoint"] == sha256_file(out / "qat" / "qat.pt")
+    assert int8["source_checkpoint"] == sha256_file(out / "qat" / f"{shipped}.pt")
     assert "student_int8.onnx" in (export / int8["companions"][0]).read_text()
     # a same-size edit of a shipped file is seen (outputs are checked by content), so the export stage runs
     # again and ships what it builds; measure itself also refuses a file that does not match artifacts.json
@@ -131,6 +138,31 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     onnx.write_bytes(bytes(data[:-1]) + bytes([data[-1] ^ 0x0F]))
     with pytest.raises(InputError, match="student_fp32.onnx: sha256 does not match artifacts.json"):
         _verify_artifact_hashes(export, listed)
+
+
+def test_when_ptq_wins_on_the_dev_set_export_ships_ptq_pt(qat_stages, tmp_path, capsys, monkeypatch):
+    """The other branch of stage two's choice (the tiny run's dev set decides one way): export then turns
+    ptq.pt, not qat.pt, into the INT8 ONNX, checks it against ptq.pt and records ptq.pt's hash."""
+    import compress.qat
+
+    cfg, base = qat_stages
+    out = tmp_path / "ptq-wins"
+    shutil.copytree(base, out)
+    monkeypatch.setattr(
+        compress.qat, "choose_on_dev", lambda *a: ("ptq", {"rule": "best_on_dev", "why": "test"})
+    )
+    common = ["--preset", "tiny", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    assert main(["qat", "--force", *common]) == 0
+    assert "[qat] INT8 model for export: ptq.pt (test)" in capsys.readouterr().out
+    assert main(["export", "--target", "jetson", *common]) == 0
+    artifacts = json.loads((out / "export" / "artifacts.json").read_text())["artifacts"]
+    int8 = next(a for a in artifacts if a["precision"] == "int8")
+    assert (
+        int8["source_checkpoint"]
+        == sha256_file(out / "qat" / "ptq.pt")
+        != sha256_file(out / "qat" / "qat.pt")
+    )
+    assert int8["parity"]["passed"] and "fake-quant" in int8["parity"]["reference"]
 
 
 def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(qat_stages, tmp_path, capsys):

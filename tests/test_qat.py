@@ -10,7 +10,7 @@ from torch import nn
 
 from compress.checkpoint import float_model, is_quantized_checkpoint, load_quantized, save_quantized
 from compress.config import QatConfig
-from compress.qat import SCALE_PARAMS, quantization_aware_distill, restore_loss_state
+from compress.qat import SCALE_PARAMS, choose_on_dev, quantization_aware_distill, restore_loss_state
 from compress.quantize import (
     calibration_batches,
     quantize_model,
@@ -23,6 +23,7 @@ from deploy.parity import row_cosines
 from deploy.qdq_lint import LintIssue, lint_qdq
 from deploy.runtimes import load_embedder, quantized_evaluation_copy, twin_difference
 from distill.config import LossSpec, TrainConfig
+from distill.data.verification_bin import VerificationSet
 from distill.engine.train import TeacherTargets, _param_groups
 from distill.errors import InputError
 from distill.losses import LossDims, build_losses
@@ -206,7 +207,7 @@ def test_loss_state_restores_matching_tensors_only():
         assert torch.equal(fresh.state_dict()[k], v)
 
 
-def _qat(tmp_path, data, student_file, out: str, stop: int = 0, arch: str = "mobilefacenet"):
+def _qat(tmp_path, data, student_file, out: str, stop=0, arch="mobilefacenet", keep="best_on_dev", **kwargs):
     rng = np.random.default_rng(3)
     teacher = TeacherTargets(
         rng.normal(size=(len(data), 8)).astype(np.float32), rng.normal(size=(len(data), 8)).astype(np.float32)
@@ -214,6 +215,7 @@ def _qat(tmp_path, data, student_file, out: str, stop: int = 0, arch: str = "mob
     cfg = QatConfig(
         calibration_images=16,
         calibration_batch=8,
+        keep=keep,
         train=TrainConfig(
             epochs=100, max_steps=4, batch_size=4, lr=0.01, freeze_bn=True, checkpoint_every=2, seed=0
         ),
@@ -224,12 +226,70 @@ def _qat(tmp_path, data, student_file, out: str, stop: int = 0, arch: str = "mob
         cfg=cfg,
         stage_one_losses=[LossSpec("cosface"), LossSpec("feature_l2", 2.0)],
         dataset=data,
-        val_sets=[],
         out_dir=tmp_path / out,
         teacher=teacher,
         progress=False,
         stop_after_step=stop,
+        **{"val_sets": [], **kwargs},
     )
+
+
+COLOURS = np.array([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]])
+
+
+def _colour_pairs(name: str) -> VerificationSet:
+    """20 pairs of flat-colour images, one colour per identity: same pairs alternate with different ones."""
+    rng = np.random.default_rng(5)
+    ids = []
+    for i in range(20):
+        a = int(rng.integers(4))
+        ids += [a, a] if i % 2 == 0 else [a, (a + 1 + int(rng.integers(3))) % 4]
+    images = np.broadcast_to(COLOURS[ids][:, None, None, :], (40, 112, 112, 3)).astype(np.uint8)
+    return VerificationSet(name, np.ascontiguousarray(images), np.arange(20) % 2 == 0)
+
+
+def _oracle(x: torch.Tensor) -> np.ndarray:
+    """One-hot of the nearest identity colour: every pair right (accuracy 1.0)."""
+    rgb = (x.mean(dim=(2, 3)).numpy() * 127.5 + 127.5)[:, None, :]
+    return np.eye(4, dtype=np.float32)[np.argmin(((rgb - COLOURS[None]) ** 2).sum(-1), axis=1)]
+
+
+def _blind(x: torch.Tensor) -> np.ndarray:
+    """The same embedding for every face: one threshold for all pairs, half of them right (0.5)."""
+    return np.ones((len(x), 4), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    ("ptq", "qat", "shipped"), [(_oracle, _blind, "ptq"), (_blind, _oracle, "qat"), (_oracle, _oracle, "qat")]
+)
+def test_the_ptq_model_ships_only_when_it_beats_qat_on_the_dev_sets(ptq, qat, shipped):
+    fns = {"ptq": ptq, "qat": qat}
+    chosen, record = choose_on_dev([_colour_pairs("dev_a"), _colour_pairs("dev_b")], fns.__getitem__, True)
+    assert chosen == shipped  # a tie keeps QAT
+    expected = {name: 1.0 if fn is _oracle else 0.5 for name, fn in fns.items()}
+    assert record["dev_accuracy"] == pytest.approx(expected) and record["sets"] == ["dev_a", "dev_b"]
+    assert ("below PTQ" in record["why"]) == (shipped == "ptq")
+    assert choose_on_dev([], fns.__getitem__, True)[0] == "qat"  # nothing to choose by: QAT
+
+
+def test_qat_records_what_ships_and_embeds_each_model_once(tmp_path, data, student_file):
+    calls = []
+
+    def embed_fn_for(name, model):  # what the pipeline passes (an INT8 Q/DQ ONNX copy per model)
+        calls.append(name)
+        return {"ptq": _oracle, "qat": _blind}[name], f"{name} stand-in"
+
+    sets = {"val_sets": [_colour_pairs("val")], "dev_sets": [_colour_pairs("dev")]}
+    sets["embed_fn_for"] = embed_fn_for
+    out = _qat(tmp_path, data, student_file, "chosen", evaluate_models=("ptq", "qat"), **sets)
+    assert out.shipped == "ptq" and out.metrics["shipped"] == "ptq"
+    assert out.metrics["selection"]["dev_accuracy"] == {"ptq": 1.0, "qat": 0.5}
+    assert sorted(calls) == ["ptq", "qat"]  # the dev choice and the val evaluation share one copy each
+    assert out.metrics["qat"]["val/accuracy"] == 0.5  # the val rows still report the QAT model as trained
+    assert out.evaluation["qat"]["accuracy_via"] == "qat stand-in"
+    calls.clear()
+    kept = _qat(tmp_path, data, student_file, "kept", keep="qat", evaluate_models=("ptq", "qat"), **sets)
+    assert kept.shipped == "qat" and kept.metrics["selection"] == {"rule": "qat"}
 
 
 def test_qat_trains_scales_keeps_bn_frozen_and_resumes_exactly(tmp_path, data, student_file):

@@ -16,7 +16,7 @@ from distill.data import synth
 from distill.data.faces import open_train_set, open_verification
 from distill.data.synth import SynthSpec, identity_for, render_face, render_identity_images, synthesize
 
-FILES = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_meta.json"]
+FILES = ["train.rec", "train.idx", "property", "synth_val.bin", "synth_dev.bin", "synth_meta.json"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,24 @@ def test_tiny_set_layout(tiny_dir: Path) -> None:
     meta = json.loads((tiny_dir / "synth_meta.json").read_text())
     assert meta["spec"] == json.loads(json.dumps(dataclasses.asdict(SynthSpec.tiny())))
     assert meta["train_images"] == 72 and meta["val_pairs"] == 40
+    dev = open_verification(tiny_dir / "synth_dev.bin")
+    assert dev.images.shape == (80, 112, 112, 3) and dev.issame.sum() == 20
+    assert meta["dev_pairs"] == 40 and meta["dev_identities_used"] == 10
+    assert not np.array_equal(dev.images, vs.images)
+
+
+def test_the_dev_set_leaves_train_and_val_byte_identical(tiny_dir: Path, tmp_path: Path) -> None:
+    """Adding the dev split (its own seed streams) changed no byte of the files runs were compared on."""
+    spec = dataclasses.replace(SynthSpec.tiny(), dev_pairs=0)
+    synthesize(tmp_path / "no-dev", spec, progress=False, workers=1)
+    assert not (tmp_path / "no-dev" / "synth_dev.bin").exists()
+    for name in ("train.rec", "train.idx", "property", "synth_val.bin"):
+        assert (tmp_path / "no-dev" / name).read_bytes() == (tiny_dir / name).read_bytes(), name
+    # and its pairs follow the val set's plan (balanced folds) over its own identities
+    pairs, issame = synth.val_pair_plan(SynthSpec(dev_identities=30, dev_pairs=300), "dev")
+    val_pairs, _ = synth.val_pair_plan(SynthSpec(val_identities=30, val_pairs=300))
+    assert issame.sum() == 150 and (pairs[issame, 0] == pairs[issame, 1]).all()
+    assert len(np.unique(pairs[issame, 0])) == 30 and not np.array_equal(pairs, val_pairs)
 
 
 def test_same_seed_gives_identical_files(tiny_dir: Path, tmp_path: Path) -> None:
@@ -73,9 +91,12 @@ def test_val_folds_are_balanced() -> None:
     assert len(np.unique(pairs[issame, 0])) == 30  # positives spread over all held-out identities
 
 
-def test_val_identities_are_not_training_identities() -> None:
+@pytest.mark.parametrize("split", ["val", "dev"])
+def test_held_out_identities_are_not_training_or_val_identities(split: str) -> None:
     train = [identity_for(0, "train", i, 0.5) for i in range(300)]
-    val = [identity_for(0, "val", j, 0.5) for j in range(200)]
+    if split == "dev":  # the dev set chooses; it must share no identity with the val set it must not bias
+        train += [identity_for(0, "val", i, 0.5) for i in range(200)]
+    val = [identity_for(0, split, j, 0.5) for j in range(200)]
 
     def traits(ident: synth.Identity) -> np.ndarray:
         return np.array(

@@ -45,6 +45,9 @@ GENERATOR_VERSION = 1
 
 # seed streams (the second entry of every SeedSequence), so no two uses of a seed collide
 _TRAIN_ID, _VAL_ID, _PROTO, _TRAIN_IMG, _VAL_PAIRS, _VAL_IMG, _SHEET = 1, 2, 3, 4, 5, 6, 7
+_DEV_ID, _DEV_PAIRS, _DEV_IMG = 8, 9, 10
+# per verification split: (identity stream, pair-plan stream, image stream)
+_PAIR_STREAMS = {"val": (_VAL_ID, _VAL_PAIRS, _VAL_IMG), "dev": (_DEV_ID, _DEV_PAIRS, _DEV_IMG)}
 _N_PROTOTYPES = 48
 _NOISE_PAD = 48
 
@@ -228,8 +231,8 @@ def mix_identities(own: Identity, proto: Identity, weight: float, rng: np.random
 
 
 def identity_for(seed: int, split: str, index: int, difficulty: float) -> Identity:
-    """Identity ``index`` of ``split`` ("train" or "val"); the two splits use disjoint seed streams."""
-    stream = {"train": _TRAIN_ID, "val": _VAL_ID, "sheet": _SHEET}[split]
+    """Identity ``index`` of ``split`` ("train", "val" or "dev"); the splits use disjoint seed streams."""
+    stream = {"train": _TRAIN_ID, "val": _VAL_ID, "dev": _DEV_ID, "sheet": _SHEET}[split]
     rng = np.random.default_rng([seed, stream, index])
     own = sample_identity(rng)
     proto_index = int(rng.integers(_N_PROTOTYPES))
@@ -862,7 +865,14 @@ def render_identity_images(
 
 
 # The one "tiny" size: the smoke preset's data and the tests' (pipeline.config PRESETS["tiny"] uses it).
-TINY = {"train_identities": 12, "images_per_identity": 6, "val_identities": 10, "val_pairs": 40}
+TINY = {
+    "train_identities": 12,
+    "images_per_identity": 6,
+    "val_identities": 10,
+    "val_pairs": 40,
+    "dev_identities": 10,
+    "dev_pairs": 40,
+}
 
 
 @dataclass
@@ -873,13 +883,17 @@ class SynthSpec:
     images_per_identity: int = 24
     val_identities: int = 200
     val_pairs: int = 1200
+    # a second held-out set of other identities, for choices a stage makes (synth_dev.bin; 0 pairs = none):
+    # the val set stays for reporting only
+    dev_identities: int = 200
+    dev_pairs: int = 1200
     difficulty: float = 0.5
     seed: int = 0
     jpeg_quality_range: tuple[int, int] = field(default=(60, 95))
 
     @classmethod
     def tiny(cls, seed: int = 0, difficulty: float = 0.5) -> SynthSpec:
-        """The ``--preset tiny`` set (12 identities x 6 images, 10 held-out identities / 40 pairs)."""
+        """The ``--preset tiny`` set (12 identities x 6 images; val and dev: 10 identities, 40 pairs)."""
         return cls(**TINY, difficulty=difficulty, seed=seed)
 
     def validate(self) -> None:
@@ -887,6 +901,8 @@ class SynthSpec:
             raise ValueError("train_identities and images_per_identity must be >= 1")
         if self.val_pairs < 0 or (self.val_pairs > 0 and self.val_identities < 2):
             raise ValueError("val_pairs needs at least 2 val_identities")
+        if self.dev_pairs < 0 or (self.dev_pairs > 0 and self.dev_identities < 2):
+            raise ValueError("dev_pairs needs at least 2 dev_identities")
         if not 0.0 <= self.difficulty <= 1.0:
             raise ValueError(f"difficulty must be in [0, 1], got {self.difficulty}")
         lo, hi = self.jpeg_quality_range
@@ -909,20 +925,21 @@ def _identity_jpegs(spec: SynthSpec, k: int) -> list[bytes]:
     return out
 
 
-def _val_pair_jpegs(spec: SynthSpec, i: int, pair: tuple[int, int]) -> list[bytes]:
-    """Verification pair ``i``'s two images (identities by index), from the pair's own seeded generator."""
-    rng = np.random.default_rng([spec.seed, _VAL_IMG, i])
+def _pair_jpegs(spec: SynthSpec, split: str, i: int, pair: tuple[int, int]) -> list[bytes]:
+    """Pair ``i`` of ``split`` ("val" or "dev"): its two images (identities by index), from the pair's own
+    seeded generator."""
+    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][2], i])
     out = []
     for v in pair:
-        ident = _val_identity(spec.seed, v, spec.difficulty)
+        ident = _held_out_identity(spec.seed, split, v, spec.difficulty)
         var = sample_variation(rng, ident, spec.difficulty, spec.jpeg_quality_range)
         out.append(encode_jpeg(render_face(ident, var, rng), var.jpeg_quality))
     return out
 
 
 @functools.lru_cache(maxsize=512)
-def _val_identity(seed: int, v: int, difficulty: float) -> Identity:
-    return identity_for(seed, "val", v, difficulty)
+def _held_out_identity(seed: int, split: str, v: int, difficulty: float) -> Identity:
+    return identity_for(seed, split, v, difficulty)
 
 
 def _in_order(fn: Any, args: list[tuple[Any, ...]], workers: int) -> Iterator[Any]:
@@ -954,64 +971,79 @@ def _train_items(spec: SynthSpec, progress: bool, workers: int = 1) -> Iterator[
             yield k, jpeg
 
 
-def val_pair_plan(spec: SynthSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``(pairs (P, 2) val-identity indices, issame (P,))``: positives and negatives alternate, so any
-    contiguous block (each of the 10 evaluation folds) is balanced to within one pair."""
-    rng = np.random.default_rng([spec.seed, _VAL_PAIRS])
-    p = spec.val_pairs
+def val_pair_plan(spec: SynthSpec, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """``(pairs (P, 2) identity indices of ``split``, issame (P,))``: positives and negatives alternate, so
+    any contiguous block (each of the 10 evaluation folds) is balanced to within one pair."""
+    if split == "val":
+        identities, p = spec.val_identities, spec.val_pairs
+    else:
+        identities, p = spec.dev_identities, spec.dev_pairs
+    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][1]])
     issame = np.arange(p) % 2 == 0
     n_pos = int(issame.sum())
-    pos_ids = np.concatenate(
-        [rng.permutation(spec.val_identities) for _ in range(n_pos // spec.val_identities + 1)]
-    )
+    pos_ids = np.concatenate([rng.permutation(identities) for _ in range(n_pos // identities + 1)])
     pairs = np.empty((p, 2), dtype=np.int64)
     pairs[issame, 0] = pairs[issame, 1] = pos_ids[:n_pos]
     for i in np.flatnonzero(~issame):
-        a, b = rng.choice(spec.val_identities, 2, replace=False)
+        a, b = rng.choice(identities, 2, replace=False)
         pairs[i] = (a, b)
     return pairs, issame
+
+
+def _write_pairs(out: Path, spec: SynthSpec, split: str, progress: bool, workers: int) -> tuple[int, int]:
+    """``synth_{split}.bin`` (when the split has pairs); returns (pairs, identities used)."""
+    from tqdm import tqdm
+
+    pairs, issame = val_pair_plan(spec, split)
+    if not len(pairs):
+        return 0, 0
+    images: list[bytes] = []
+    jobs = [(spec, split, i, tuple(pairs[i].tolist())) for i in range(len(pairs))]
+    bar = tqdm(
+        _in_order(_pair_jpegs, jobs, workers),
+        total=len(jobs),
+        desc=f"synth {split}",
+        unit="pair",
+        disable=not progress,
+    )
+    for jpegs in bar:
+        images.extend(jpegs)
+    write_verification_bin(out / f"synth_{split}.bin", images, issame.tolist())
+    return len(pairs), len(set(pairs.reshape(-1).tolist()))
 
 
 def synthesize(
     out_dir: str | os.PathLike, spec: SynthSpec, progress: bool = True, workers: int | None = None
 ) -> dict[str, Any]:
-    """Write ``train.rec/.idx``, ``property``, ``synth_val.bin`` and ``synth_meta.json`` into ``out_dir``.
+    """Write ``train.rec/.idx``, ``property``, ``synth_val.bin``, ``synth_dev.bin`` and ``synth_meta.json``
+    into ``out_dir`` (val: the reporting set; dev: other held-out identities, for choices made in a stage).
 
     ``workers`` processes render the faces (default: one per core); every identity and pair draws from
     its own seeded generator, so the files are the same bytes for any number of workers.
     """
-    from tqdm import tqdm
-
     spec.validate()
     workers = workers or os.cpu_count() or 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     counts = write_insightface_rec(out, _train_items(spec, progress, workers), spec.train_identities)
-    val_images: list[bytes] = []
-    pairs, issame = val_pair_plan(spec)
-    jobs = [(spec, i, tuple(pairs[i].tolist())) for i in range(len(pairs))]
-    for jpegs in tqdm(
-        _in_order(_val_pair_jpegs, jobs, workers),
-        total=len(jobs),
-        desc="synth val",
-        unit="pair",
-        disable=not progress,
-    ):
-        val_images.extend(jpegs)
-    idents = set(pairs.reshape(-1).tolist())
-    if len(pairs):
-        write_verification_bin(out / "synth_val.bin", val_images, issame.tolist())
+    val_pairs, val_idents = _write_pairs(out, spec, "val", progress, workers)
+    dev_pairs, dev_idents = _write_pairs(out, spec, "dev", progress, workers)
+    pair_plan = val_pair_plan(spec)
     meta = {
         "generator": f"facekd.synth v{GENERATOR_VERSION}",
         "spec": dataclasses.asdict(spec),
         "train_images": counts["images"],
         "train_identities": counts["identities"],
-        "val_identities_used": len(idents),
-        "val_pairs": int(len(pairs)),
-        "val_positive_pairs": int(issame.sum()),
+        "val_identities_used": val_idents,
+        "val_pairs": val_pairs,
+        "val_positive_pairs": int(pair_plan[1].sum()),
+        "dev_identities_used": dev_idents,
+        "dev_pairs": dev_pairs,
         "image_size": [SIZE, SIZE],
-        "files": ["train.rec", "train.idx", "property"] + (["synth_val.bin"] if len(pairs) else []),
+        "files": ["train.rec", "train.idx", "property"]
+        + (["synth_val.bin"] if val_pairs else [])
+        + (["synth_dev.bin"] if dev_pairs else []),
     }
     write_json(out / "synth_meta.json", meta)
     return {**meta, "out_dir": str(out), "seconds": round(time.perf_counter() - t0, 2)}
