@@ -165,7 +165,8 @@ def quantization_aware_distill(
             return embeds[name]
 
         if cfg.keep == "best_on_dev":
-            shipped, selection = choose_on_dev(dev_sets or [], lambda name: embed_of(name)[0], flip_eval)
+            # unmirrored, as an app runs the file (and half the cost of flip fusion)
+            shipped, selection = choose_on_dev(dev_sets or [], lambda name: embed_of(name)[0], flip=False)
         for name in ("fp32", "ptq", "qat"):
             if name not in evaluate_models or not val_sets:
                 continue
@@ -191,7 +192,8 @@ def choose_on_dev(
     dev_sets: list[VerificationSet], embed_of: Callable[[str], EmbedFn], flip: bool
 ) -> tuple[str, dict[str, Any]]:
     """``("qat" | "ptq", record)``: the PTQ model only when it scores higher than the QAT model on the dev
-    sets (mean verification accuracy; a tie keeps QAT); the QAT model when there is no dev set.
+    sets (mean verification accuracy, with or without ``flip`` fusion; a tie keeps QAT); the QAT model when
+    there is no dev set.
 
     Fine-tuning a converged student with fake quantization can cost accuracy instead of winning it back;
     this choice never looks at the reported val sets, so their numbers stay an unbiased report of it.
@@ -208,6 +210,7 @@ def choose_on_dev(
         "rule": "best_on_dev",
         "sets": [d.name for d in dev_sets],
         "dev_accuracy": scores,
+        "flip": flip,
         "why": f"QAT {100 * scores['qat']:.2f} % {verdict} PTQ {100 * scores['ptq']:.2f} % on the dev sets",
     }
 

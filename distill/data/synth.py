@@ -886,7 +886,7 @@ class SynthSpec:
     # a second held-out set of other identities, for choices a stage makes (synth_dev.bin; 0 pairs = none):
     # the val set stays for reporting only
     dev_identities: int = 200
-    dev_pairs: int = 1200
+    dev_pairs: int = 600
     difficulty: float = 0.5
     seed: int = 0
     jpeg_quality_range: tuple[int, int] = field(default=(60, 95))
