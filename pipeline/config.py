@@ -41,8 +41,9 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (11.0 min on 2 cores at its last
-# timing, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real data.
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (11.0-12.6 min on 2 cores at its
+# last timings, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real
+# data.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         # bf16 autocast where the CPU runs it natively (AMX / AVX512-BF16), fp32 elsewhere: the teacher's

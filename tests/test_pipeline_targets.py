@@ -149,7 +149,7 @@ def test_when_ptq_wins_on_the_dev_set_export_ships_ptq_pt(qat_stages, tmp_path, 
     out = tmp_path / "ptq-wins"
     shutil.copytree(base, out)
     monkeypatch.setattr(
-        compress.qat, "choose_on_dev", lambda *a: ("ptq", {"rule": "best_on_dev", "why": "test"})
+        compress.qat, "choose_on_dev", lambda *a, **k: ("ptq", {"rule": "best_on_dev", "why": "test"})
     )
     common = ["--preset", "tiny", "--config", str(cfg), "--out", str(out), "--no-progress"]
     assert main(["qat", "--force", *common]) == 0
