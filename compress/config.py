@@ -32,7 +32,7 @@ class QatConfig:
     # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
     losses: list[LossSpec] = field(default_factory=list)
     # lr 0.0005: the student is converged, and larger steps undo more than fake quantization costs; chosen
-    # on the dev set, never the val set (benchmarks/results/qat_lr.md: 0.005 lost to PTQ there)
+    # on the dev set, never the val set (benchmarks/results/qat_lr.md: 0.005 lost to PTQ there on average)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             epochs=0.3, lr=0.0005, weight_decay=5e-5, warmup_steps=0, freeze_bn=True, checkpoint_every=50

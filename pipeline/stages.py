@@ -693,8 +693,10 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         crops, names, crops_from = _golden_crops(e, vals[0])
         add_golden_files(artifacts, work, crops, names, source=crops_from)
         sources = {"distill": sha256_file(student_path)}
+        checkpoints = {"distill": student_path.name}
         if qat_enabled(ctx):
-            sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / f"{shipped_int8(ctx)}.pt")
+            checkpoints["qat"] = f"{shipped_int8(ctx)}.pt"  # qat.pt, or ptq.pt when PTQ won on the dev set
+            sources["qat"] = sha256_file(ctx.run.stage_dir("qat") / checkpoints["qat"])
         tools = versions()
         entries = []
         for a in artifacts:
@@ -704,6 +706,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
                 sha256=sha256_file(work / a.file),
                 size_bytes=(work / a.file).stat().st_size,
                 source_checkpoint=sources.get(a.source, sources["distill"]),
+                source_file=checkpoints.get(a.source, checkpoints["distill"]),
                 versions=tools,
             )
             entries.append(entry)

@@ -121,6 +121,7 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     assert all(r["contract"]["passed"] for r in rows if r["format"] == "onnx")  # the Q/DQ file included
     assert "fake-quant" in int8["parity"]["reference"]
     assert int8["source_checkpoint"] == sha256_file(out / "qat" / f"{shipped}.pt")
+    assert int8["source_file"] == f"{shipped}.pt"
     assert "student_int8.onnx" in (export / int8["companions"][0]).read_text()
     # a same-size edit of a shipped file is seen (outputs are checked by content), so the export stage runs
     # again and ships what it builds; measure itself also refuses a file that does not match artifacts.json
@@ -163,6 +164,9 @@ def test_when_ptq_wins_on_the_dev_set_export_ships_ptq_pt(qat_stages, tmp_path, 
         != sha256_file(out / "qat" / "qat.pt")
     )
     assert int8["parity"]["passed"] and "fake-quant" in int8["parity"]["reference"]
+    assert int8["source_file"] == "ptq.pt" and all(
+        a["source_file"] == "student.pt" for a in artifacts if a["precision"] != "int8"
+    )
 
 
 def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(qat_stages, tmp_path, capsys):
