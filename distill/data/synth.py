@@ -46,8 +46,8 @@ GENERATOR_VERSION = 1
 # seed streams (the second entry of every SeedSequence), so no two uses of a seed collide
 _TRAIN_ID, _VAL_ID, _PROTO, _TRAIN_IMG, _VAL_PAIRS, _VAL_IMG, _SHEET = 1, 2, 3, 4, 5, 6, 7
 _DEV_ID, _DEV_PAIRS, _DEV_IMG = 8, 9, 10
-# per verification split: (identity stream, pair-plan stream, image stream)
-_PAIR_STREAMS = {"val": (_VAL_ID, _VAL_PAIRS, _VAL_IMG), "dev": (_DEV_ID, _DEV_PAIRS, _DEV_IMG)}
+# per verification split: (pair-plan stream, image stream); its identities' stream is identity_for's
+_PAIR_STREAMS = {"val": (_VAL_PAIRS, _VAL_IMG), "dev": (_DEV_PAIRS, _DEV_IMG)}
 _N_PROTOTYPES = 48
 _NOISE_PAD = 48
 
@@ -928,7 +928,7 @@ def _identity_jpegs(spec: SynthSpec, k: int) -> list[bytes]:
 def _pair_jpegs(spec: SynthSpec, split: str, i: int, pair: tuple[int, int]) -> list[bytes]:
     """Pair ``i`` of ``split`` ("val" or "dev"): its two images (identities by index), from the pair's own
     seeded generator."""
-    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][2], i])
+    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][1], i])
     out = []
     for v in pair:
         ident = _held_out_identity(spec.seed, split, v, spec.difficulty)
@@ -978,7 +978,7 @@ def val_pair_plan(spec: SynthSpec, split: str = "val") -> tuple[np.ndarray, np.n
         identities, p = spec.val_identities, spec.val_pairs
     else:
         identities, p = spec.dev_identities, spec.dev_pairs
-    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][1]])
+    rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][0]])
     issame = np.arange(p) % 2 == 0
     n_pos = int(issame.sum())
     pos_ids = np.concatenate([rng.permutation(identities) for _ in range(n_pos // identities + 1)])
@@ -990,13 +990,15 @@ def val_pair_plan(spec: SynthSpec, split: str = "val") -> tuple[np.ndarray, np.n
     return pairs, issame
 
 
-def _write_pairs(out: Path, spec: SynthSpec, split: str, progress: bool, workers: int) -> tuple[int, int]:
-    """``synth_{split}.bin`` (when the split has pairs); returns (pairs, identities used)."""
+def _write_pairs(
+    out: Path, spec: SynthSpec, split: str, progress: bool, workers: int
+) -> tuple[int, int, int]:
+    """``synth_{split}.bin`` (when the split has pairs); returns (pairs, positive pairs, identities used)."""
     from tqdm import tqdm
 
     pairs, issame = val_pair_plan(spec, split)
     if not len(pairs):
-        return 0, 0
+        return 0, 0, 0
     images: list[bytes] = []
     jobs = [(spec, split, i, tuple(pairs[i].tolist())) for i in range(len(pairs))]
     bar = tqdm(
@@ -1009,7 +1011,7 @@ def _write_pairs(out: Path, spec: SynthSpec, split: str, progress: bool, workers
     for jpegs in bar:
         images.extend(jpegs)
     write_verification_bin(out / f"synth_{split}.bin", images, issame.tolist())
-    return len(pairs), len(set(pairs.reshape(-1).tolist()))
+    return len(pairs), int(issame.sum()), len(set(pairs.reshape(-1).tolist()))
 
 
 def synthesize(
@@ -1027,9 +1029,8 @@ def synthesize(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     counts = write_insightface_rec(out, _train_items(spec, progress, workers), spec.train_identities)
-    val_pairs, val_idents = _write_pairs(out, spec, "val", progress, workers)
-    dev_pairs, dev_idents = _write_pairs(out, spec, "dev", progress, workers)
-    pair_plan = val_pair_plan(spec)
+    val_pairs, val_positives, val_idents = _write_pairs(out, spec, "val", progress, workers)
+    dev_pairs, _, dev_idents = _write_pairs(out, spec, "dev", progress, workers)
     meta = {
         "generator": f"facekd.synth v{GENERATOR_VERSION}",
         "spec": dataclasses.asdict(spec),
@@ -1037,7 +1038,7 @@ def synthesize(
         "train_identities": counts["identities"],
         "val_identities_used": val_idents,
         "val_pairs": val_pairs,
-        "val_positive_pairs": int(pair_plan[1].sum()),
+        "val_positive_pairs": val_positives,
         "dev_identities_used": dev_idents,
         "dev_pairs": dev_pairs,
         "image_size": [SIZE, SIZE],
