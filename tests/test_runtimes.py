@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +21,13 @@ from deploy.runtimes import (
     dequantize_output,
     load_embedder,
     quantize_input,
+    split_rows,
+    split_threads,
 )
 from distill.errors import InputError
 
 EMB_DIM = 24
+REAL_ONNX = Path(__file__).resolve().parents[2] / "shared" / "real" / "teacher_mobileface_nhwc.onnx"
 
 
 class SmallFaceNet(nn.Module):
@@ -108,6 +112,43 @@ def test_dynamic_batch_is_chunked(net, onnx_paths, monkeypatch):
     x = images(5, seed=2)
     np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-4, atol=1e-4)
     assert seen == [2, 2, 1]
+
+
+def test_rows_and_threads_are_shared_out_evenly_by_whole_chunks():
+    assert split_rows(32, 2, None) == [(0, 16), (16, 32)]
+    assert split_rows(5, 2, None) == [(0, 3), (3, 5)]
+    assert split_rows(1, 4, None) == [(0, 1)]  # fewer rows than lanes: only lanes with rows
+    assert split_rows(10, 2, 4) == [(0, 8), (8, 10)]  # 3 chunks of 4: no lane pads a part chunk early
+    assert split_rows(9, 3, 1) == [(0, 3), (3, 6), (6, 9)]
+    assert split_threads(2, 2) == [1, 1] and split_threads(5, 2) == [3, 2] and split_threads(16, 4) == [4] * 4
+    assert split_threads(1, 1) == [1]
+
+
+@pytest.mark.parametrize("kind", ["dyn", "b1", "b4"])
+def test_lanes_split_a_batch_over_sessions_and_give_the_same_bits(net, onnx_paths, kind):
+    one = OnnxEmbedder(onnx_paths[kind], num_threads=2, spin=False)
+    lanes = OnnxEmbedder(onnx_paths[kind], num_threads=2, spin=False, lanes=2)
+    assert (one.lanes, lanes.lanes) == (1, 2)
+    assert [s.get_session_options().intra_op_num_threads for s in lanes._sessions] == [1, 1]
+    x = images(7, seed=4)  # odd: the lanes get 4 and 3 rows (b4: one whole chunk each, the last padded)
+    seen = []
+    real_run = lanes._run
+    lanes._run = lambda session, c: seen.append((id(session), len(c))) or real_run(session, c)
+    got = lanes.embed(x)
+    assert {sid for sid, _ in seen} == {id(s) for s in lanes._sessions}  # both sessions did work
+    assert sum(n for _, n in seen) == {"dyn": 7, "b1": 7, "b4": 8}[kind]
+    assert np.array_equal(got, one.embed(x))  # the same bits as one session
+    np.testing.assert_allclose(got, reference(net, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not REAL_ONNX.is_file(), reason="../shared/real/ not present")
+def test_lanes_are_capped_by_threads():
+    path = REAL_ONNX  # a real network nobody here exported: NHWC input, its own layer mix
+    assert OnnxEmbedder(path, num_threads=1, spin=False, lanes=runtimes.EVAL_LANES).lanes == 1
+    real = OnnxEmbedder(path, num_threads=8, spin=False, lanes=16)
+    assert real.lanes == runtimes.EVAL_LANES and sum(split_threads(8, real.lanes)) == 8
+    x = np.random.default_rng(5).uniform(-1, 1, size=(6, *real.input_chw)).astype(np.float32)
+    assert np.array_equal(real.embed(x), OnnxEmbedder(path, num_threads=8, spin=False).embed(x))
 
 
 def test_torch_embedder_matches_model_and_leaves_it_alone(net):
