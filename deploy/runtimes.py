@@ -149,9 +149,10 @@ class OnnxEmbedder:
 
     ``lanes > 1`` (the evaluation copies, on a CPU): up to that many sessions of the file, the
     ``num_threads`` shared between them, each batch's rows split over them at once. Two single-thread
-    sessions embedded 1.38x more images per second than one two-thread session of the INT8 Q/DQ
-    MobileFaceNet on 2 cores (many small element-wise ops that two threads barely share), 1.18x of the
-    fp32 one and 1.03x of the default teacher, with the same output bits (``benchmarks/eval_lanes.py``).
+    sessions embedded 1.33-1.38x more images per second than one two-thread session of the INT8 Q/DQ
+    MobileFaceNet on 2 cores (many small element-wise ops that two threads barely share), 1.05-1.18x of
+    the fp32 one and 1.02-1.03x of the default teacher (two runs), with the same output bits
+    (``benchmarks/eval_lanes.py``).
     Each lane holds its own copy of the model. ``run_once`` (latency) uses the first session only.
     """
 
