@@ -7,7 +7,8 @@ two threads barely share. ``OnnxEmbedder(lanes=N)`` splits each batch's rows ove
 every evaluation copy (fp32 twins too) uses it.
 
 For the default student (MobileFaceNet, random weights: speed does not depend on the values) as INT8 Q/DQ
-ONNX (NNCF, calibrated on random batches) and as fp32 ONNX, and the default teacher as fp32 ONNX, this
+ONNX (NNCF, calibrated on random batches) and as fp32 ONNX, the default teacher as fp32 ONNX, and the two
+real ONNX teachers of ``../shared/real`` (what ``OnnxTeacher`` runs in lanes in the cache stage), this
 times one ``EVAL_BATCH`` batch per call both ways, interleaved over ``--rounds`` rounds (median per way),
 and checks the outputs are the same bits. Prints a table and writes
 ``benchmarks/results/eval_lanes.{json,md}``.
@@ -37,6 +38,9 @@ from deploy.runtimes import OnnxEmbedder  # noqa: E402
 from distill.cpu_sharing import share_cores_gracefully  # noqa: E402
 from distill.evaluation import EVAL_BATCH  # noqa: E402
 
+REAL = ROOT.parent / "shared" / "real"
+REAL_TEACHERS = ("teacher_mobileface_nhwc.onnx", "teacher_faceres_nhwc.onnx")
+
 
 def graphs(tmp: Path) -> dict[str, Path]:
     """The default run's evaluated graphs: INT8 Q/DQ student, fp32 student, fp32 teacher (dynamic batch)."""
@@ -47,13 +51,17 @@ def graphs(tmp: Path) -> dict[str, Path]:
     g = torch.Generator().manual_seed(1)
     qmodel = quantize_model(student, [torch.rand(16, 3, 112, 112, generator=g) * 2 - 1 for _ in range(2)])
     int8 = export_qdq_onnx(qmodel.eval(), tmp / "int8.onnx", batch_size=None)
-    return {
+    out = {
         "student mobilefacenet, INT8 Q/DQ ONNX": int8,
         "student mobilefacenet, fp32 ONNX": export_onnx(student, tmp / "student.onnx", batch_size=None),
         "teacher iresnet18 w32, fp32 ONNX": export_onnx(
             random_model(*MODELS["teacher iresnet18 w32"]), tmp / "teacher.onnx", batch_size=None
         ),
     }
+    for name in REAL_TEACHERS:  # real teachers nobody here exported, when ../shared/real is beside the repo
+        if (REAL / name).is_file():
+            out[f"real teacher {name} (../shared/real)"] = REAL / name
+    return out
 
 
 def main() -> int:
@@ -64,13 +72,13 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "eval_lanes"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    x = np.random.default_rng(0).uniform(-1, 1, (EVAL_BATCH, 3, 112, 112)).astype(np.float32)
     load_start = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, path in graphs(Path(tmp)).items():
             one = OnnxEmbedder(path, args.threads, spin=False)
             lanes = OnnxEmbedder(path, args.threads, spin=False, lanes=args.threads)
+            x = np.random.default_rng(0).uniform(-1, 1, (EVAL_BATCH, *one.input_chw)).astype(np.float32)
             secs = time_pairs({"one": one.embed, "lanes": lanes.embed}, x, args.rounds)
             rows.append(
                 {

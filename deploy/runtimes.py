@@ -19,14 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.cpu_sharing import stop_spinning
+from distill.cpu_sharing import EVAL_LANES, split_rows, split_threads, stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
 
 Format = Literal["pytorch", "onnx", "tflite"]
 DYNAMIC_CHUNK = 64  # batch fed per call to runtimes with a dynamic batch axis; bounds host memory
-# most onnxruntime sessions an OnnxEmbedder splits each batch over (one model copy each)
-EVAL_LANES = 4
 DEFAULT_CHW = (3, IMAGE_SIZE, IMAGE_SIZE)
 
 
@@ -59,25 +57,6 @@ def resolve_threads(num_threads: int | None) -> int:
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     return int(num_threads)
-
-
-def split_threads(num_threads: int, lanes: int) -> list[int]:
-    """``num_threads`` shared out over ``lanes`` sessions as evenly as it goes (each gets at least 1)."""
-    base, extra = divmod(num_threads, lanes)
-    return [max(1, base + (i < extra)) for i in range(lanes)]
-
-
-def split_rows(n: int, lanes: int, batch_size: int | None) -> list[tuple[int, int]]:
-    """[start, stop) row ranges, one per lane with rows, as even as whole ``batch_size`` chunks allow."""
-    unit = batch_size or 1
-    chunks = -(-n // unit)
-    base, extra = divmod(chunks, lanes)
-    bounds, start = [], 0
-    for i in range(min(lanes, chunks)):
-        stop = min(n, start + (base + (i < extra)) * unit)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
 
 
 def check_input(name: str, x: np.ndarray, input_chw: tuple[int, int, int]) -> np.ndarray:
@@ -149,10 +128,10 @@ class OnnxEmbedder:
 
     ``lanes > 1`` (the evaluation copies, on a CPU): up to that many sessions of the file, the
     ``num_threads`` shared between them, each batch's rows split over them at once. Two single-thread
-    sessions embedded 1.33-1.38x more images per second than one two-thread session of the INT8 Q/DQ
+    sessions embedded 1.32-1.38x more images per second than one two-thread session of the INT8 Q/DQ
     MobileFaceNet on 2 cores (many small element-wise ops that two threads barely share), 1.05-1.18x of
-    the fp32 one and 1.02-1.03x of the default teacher (two runs), with the same output bits
-    (``benchmarks/eval_lanes.py``).
+    the fp32 one and 1.02-1.03x of the default teacher (three runs), with the same output bits
+    (``benchmarks/eval_lanes.py``; the splitting: ``distill/cpu_sharing.py``).
     Each lane holds its own copy of the model. ``run_once`` (latency) uses the first session only.
     """
 

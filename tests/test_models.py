@@ -273,6 +273,24 @@ def test_onnx_teacher_fixed_batch_pads_last_chunk(tmp_path):
         torch.testing.assert_close(teacher(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape,dynamic", [((1, 3, 112, 112), True), ((4, 3, 112, 112), False)])
+def test_onnx_teacher_lanes_split_a_batch_and_give_one_sessions_bits(tmp_path, shape, dynamic):
+    torch.manual_seed(4)
+    path = _export(_Tiny(dim=5).eval(), tmp_path / "t.onnx", shape=shape, dynamic=dynamic)
+    lanes = OnnxTeacher(path, num_threads=2)  # evaluation-only (spin=False) on a CPU: two sessions
+    one = OnnxTeacher(path, num_threads=2, spin=True)  # a timed teacher keeps one session
+    alone = OnnxTeacher(path, num_threads=1)
+    assert (lanes.lanes, one.lanes, alone.lanes) == (2, 1, 1)
+    assert [s.get_session_options().intra_op_num_threads for s in lanes._sessions] == [1, 1]
+    seen = []
+    real_run = lanes._run
+    lanes._run = lambda batch, session=None: seen.append(id(session)) or real_run(batch, session)
+    x = torch.randn(7, 3, 112, 112)  # odd; with batch 4: one whole chunk per lane, the second padded
+    got = lanes(x)
+    assert set(seen) == {id(s) for s in lanes._sessions}  # both sessions ran rows
+    assert torch.equal(got, one(x)) and torch.equal(got, alone(x))  # the same bits as one session
+
+
 def test_onnx_teacher_runs_exported_mobilefacenet(tmp_path):
     torch.manual_seed(2)
     model = MobileFaceNet(128).eval()

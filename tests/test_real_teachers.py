@@ -67,6 +67,17 @@ def test_real_mobileface_onnx_as_is_through_the_whole_pipeline(tmp_path, capsys)
 
 
 @needs_real
+def test_real_teachers_in_lanes_give_one_sessions_bits():
+    from distill.models.onnx_teacher import OnnxTeacher
+
+    x = torch.rand(5, 3, 112, 112) * 2 - 1
+    for path in (MOBILEFACE, REAL / "teacher_faceres_nhwc.onnx"):
+        lanes, one = OnnxTeacher(path, num_threads=2), OnnxTeacher(path, num_threads=2, spin=True)
+        assert (lanes.lanes, one.lanes) == (2, 1), path.name
+        assert torch.equal(lanes(x), one(x)), path.name
+
+
+@needs_real
 def test_real_faceres_needs_only_its_declared_contract(tmp_path):
     cfg = _config(tmp_path, "fr", {"teacher": {"onnx": str(FACERES), "input": {"mean": 0, "std": 1}}})
     out = tmp_path / "run"
