@@ -11,7 +11,6 @@ import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.cpu_sharing import EVAL_LANES, split_rows, split_threads, stop_spinning
+from distill.cpu_sharing import EVAL_LANES, run_in_lanes, split_threads, stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
 
@@ -195,15 +194,7 @@ class OnnxEmbedder:
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         x = check_input(self.name, x, self.input_chw)
-        if self.lanes == 1 or x.shape[0] < 2:
-            return embed_in_chunks(lambda c: self.run_once(self._layout(c)), x, self.batch_size)
-        parts = split_rows(x.shape[0], self.lanes, self.batch_size)
-        with ThreadPoolExecutor(len(parts)) as pool:  # onnxruntime releases the GIL while it runs
-            futures = [
-                pool.submit(self._embed_rows, session, x[start:stop])
-                for session, (start, stop) in zip(self._sessions, parts, strict=False)
-            ]
-            return np.concatenate([f.result() for f in futures])
+        return run_in_lanes(self._embed_rows, self._sessions, x, self.batch_size)
 
     def _embed_rows(self, session: Any, x: np.ndarray) -> np.ndarray:
         return embed_in_chunks(lambda c: self._run(session, self._layout(c)), x, self.batch_size)

@@ -11,11 +11,11 @@ entry points call :func:`share_cores_gracefully` before anything imports torch; 
 always wins.
 
 Evaluation-only onnxruntime sessions on a CPU also come in **lanes**: one single-thread session per
-thread (at most ``EVAL_LANES``), each batch's rows split over them at once (``split_rows``,
+thread (at most ``EVAL_LANES``), each batch's rows split over them at once (``run_in_lanes``,
 ``split_threads``; ``deploy.runtimes.OnnxEmbedder`` and ``distill.models.onnx_teacher.OnnxTeacher``).
 Small graphs share two threads poorly: two single-thread sessions embedded 1.32-1.38x more images per
 second than one two-thread session of the INT8 Q/DQ MobileFaceNet, 1.16x and 1.22x of the two real
-ONNX teachers, with the same bits (``benchmarks/eval_lanes.py``).
+ONNX teachers (one run), with the same bits (``benchmarks/eval_lanes.py``).
 
 onnxruntime's thread pool spins the same way; the sessions that only evaluate in batches (evaluation
 copies, an ONNX teacher) stop spinning (:func:`stop_spinning`): 4 % slower alone, 12 % faster two at
@@ -26,8 +26,11 @@ batch-1 call took 17 % longer here (MobileFaceNet fp32, 2 threads, 100 calls, tw
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 GOMP_SPINCOUNT = "10000"  # spin rounds before a waiting OpenMP thread sleeps (libgomp's default: 300000)
 
@@ -76,3 +79,25 @@ def split_rows(n: int, lanes: int, batch_size: int | None) -> list[tuple[int, in
         bounds.append((start, stop))
         start = stop
     return bounds
+
+
+def run_in_lanes(
+    embed_rows: Callable[[Any, np.ndarray], np.ndarray],
+    sessions: list[Any],
+    rows: np.ndarray,
+    batch_size: int | None,
+) -> np.ndarray:
+    """``embed_rows(session, part)`` over ``rows`` split between ``sessions`` at once, results in row order.
+
+    One session (or fewer than 2 rows): a plain call. onnxruntime releases the GIL while it runs, so
+    threads are enough to keep every lane busy.
+    """
+    if len(sessions) == 1 or rows.shape[0] < 2:
+        return embed_rows(sessions[0], rows)
+    parts = split_rows(rows.shape[0], len(sessions), batch_size)
+    with ThreadPoolExecutor(len(parts)) as pool:
+        futures = [
+            pool.submit(embed_rows, session, rows[start:stop])
+            for session, (start, stop) in zip(sessions, parts, strict=False)
+        ]
+        return np.concatenate([f.result() for f in futures])

@@ -21,9 +21,8 @@ from deploy.runtimes import (
     dequantize_output,
     load_embedder,
     quantize_input,
-    split_rows,
-    split_threads,
 )
+from distill.cpu_sharing import split_rows, split_threads
 from distill.errors import InputError
 
 EMB_DIM = 24
@@ -106,9 +105,9 @@ def test_dynamic_batch_is_chunked(net, onnx_paths, monkeypatch):
     emb = OnnxEmbedder(onnx_paths["dyn"], num_threads=1)
     assert emb.batch_size is None
     seen = []
-    real_run = emb.run_once
+    real_run = emb._run  # every call of a session goes through it (run_once and embed's lanes)
     monkeypatch.setattr(runtimes, "DYNAMIC_CHUNK", 2)
-    monkeypatch.setattr(emb, "run_once", lambda x: seen.append(len(x)) or real_run(x))
+    monkeypatch.setattr(emb, "_run", lambda session, x: seen.append(len(x)) or real_run(session, x))
     x = images(5, seed=2)
     np.testing.assert_allclose(emb.embed(x), reference(net, x), rtol=1e-4, atol=1e-4)
     assert seen == [2, 2, 1]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from distill.config import TeacherInputConfig
-from distill.cpu_sharing import EVAL_LANES, split_rows, split_threads, stop_spinning
+from distill.cpu_sharing import EVAL_LANES, run_in_lanes, split_threads, stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
 from distill.teacher_input import InputContract, detect_onnx, resolve_contract
@@ -234,16 +233,7 @@ class OnnxTeacher:
         fed = self.contract.feed(x.detach().to("cpu", torch.float32))
         batch = fed.numpy().astype(self._input_dtype, copy=False)
         n = batch.shape[0]
-        if self.lanes == 1 or n < 2:
-            result = self._embed_rows(self.session, batch)
-        else:
-            parts = split_rows(n, self.lanes, self.fixed_batch)
-            with ThreadPoolExecutor(len(parts)) as pool:  # onnxruntime releases the GIL while it runs
-                futures = [
-                    pool.submit(self._embed_rows, session, batch[start:stop])
-                    for session, (start, stop) in zip(self._sessions, parts, strict=False)
-                ]
-                result = np.concatenate([f.result() for f in futures])
+        result = run_in_lanes(self._embed_rows, self._sessions, batch, self.fixed_batch)
         if result.shape != (n, self.embedding_dim):
             raise InputError(
                 f"{self.path}: teacher returned shape {list(result.shape)} for a batch of {n}, "
