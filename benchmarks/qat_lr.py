@@ -1,15 +1,17 @@
-"""Benchmark: stage two's learning rate, chosen on the dev set only (issue 14's QAT >= PTQ).
+"""Benchmark: stage two's learning rate and length, chosen on the dev set only (issue 14's QAT >= PTQ).
 
 Takes a finished default run (its distilled student, teacher cache and ``ptq.pt``) and trains QAT again at
-each learning rate and seed with every other setting of the default ``qat`` section, then scores the PTQ
-model and each QAT model on the **dev set** (``synth_dev.bin``: identities in neither training nor
-``synth_val.bin``), through the INT8 Q/DQ ONNX copy stage two evaluates with. It never evaluates the val
-set: the default learning rate is picked here, so the reported numbers stay unbiased.
+each number of epochs, learning rate and seed with every other setting of the default ``qat`` section, then
+scores the PTQ model and each QAT model on the **dev set** (``synth_dev.bin``: identities in neither
+training nor ``synth_val.bin``), through the INT8 Q/DQ ONNX copy stage two evaluates with. It never
+evaluates the val set: the default learning rate and length are picked here, so the reported numbers
+stay unbiased.
 
-One JSON record per (lr, seed) under ``--records`` (a re-run skips the cells it has), then a table
+One JSON record per (epochs, lr, seed) under ``--records`` (a re-run skips the cells it has), then a table
 (mean and spread over seeds, against PTQ) in ``benchmarks/results/qat_lr.{md,json}``.
 
     python benchmarks/qat_lr.py --run runs/bench-default --lrs 0.005 0.001 0.0005 0.0002 --seeds 0 1 2
+    python benchmarks/qat_lr.py --run runs/bench-default --epochs 0.6 --lrs 0.001 0.0005 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -50,9 +52,11 @@ def dev_accuracy(path: Path, dev, name: str) -> dict[str, float]:
     return {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std, "via": how}
 
 
-def run_cell(run: Path, dev, lr: float, seed: int, train, teacher) -> dict:
+def run_cell(run: Path, dev, lr: float, seed: int, train, teacher, epochs: float | None = None) -> dict:
     cfg = QatConfig()
     cfg.train.lr, cfg.train.seed = lr, seed
+    if epochs is not None:
+        cfg.train.epochs = epochs
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         shutil.copy2(run / "qat" / "ptq.pt", work / "ptq.pt")  # the run's own PTQ model (same calibration)
@@ -70,6 +74,7 @@ def run_cell(run: Path, dev, lr: float, seed: int, train, teacher) -> dict:
         scored = dev_accuracy(outcome.qat_path, dev, "qat")
     return {
         "lr": lr,
+        "epochs": cfg.train.epochs,
         "seed": seed,
         "steps": outcome.metrics["steps"],
         "train_seconds": round(seconds, 1),
@@ -77,20 +82,34 @@ def run_cell(run: Path, dev, lr: float, seed: int, train, teacher) -> dict:
     }
 
 
+def epochs_of(record: dict) -> float:
+    """A record's ``qat.train.epochs`` (records written before the epochs axis ran the default, 0.3)."""
+    return float(record.get("epochs", QatConfig().train.epochs))
+
+
+def cell_name(lr: float, seed: int, epochs: float) -> str:
+    """Record file stem: the default's epochs keep the names of the records written before that axis."""
+    base = f"lr{lr:g}_seed{seed}"
+    return base if epochs == QatConfig().train.epochs else f"ep{epochs:g}_{base}"
+
+
 def table(records: list[dict], ptq: dict) -> list[str]:
     lines = [
-        "| qat.train.lr | seeds | dev accuracy % (mean ± sd) | per seed | QAT − PTQ (points) | seeds ≥ PTQ |",
-        "|---|---|---|---|---|---|",
+        "| qat.train.epochs | steps | qat.train.lr | seeds | dev accuracy % (mean ± sd) | per seed "
+        "| QAT − PTQ (points) | seeds ≥ PTQ |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for lr in sorted({r["lr"] for r in records}, reverse=True):
-        cells = sorted((r for r in records if r["lr"] == lr), key=lambda r: r["seed"])
+    for epochs, lr in sorted({(epochs_of(r), r["lr"]) for r in records}, key=lambda k: (k[0], -k[1])):
+        cells = [r for r in records if r["lr"] == lr and epochs_of(r) == epochs]
+        cells.sort(key=lambda r: r["seed"])
         accs = [100 * r["accuracy"] for r in cells]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         per = ", ".join(f"s{r['seed']} {100 * r['accuracy']:.2f}" for r in cells)
         gain = statistics.mean(accs) - 100 * ptq["accuracy"]
         wins = sum(r["accuracy"] >= ptq["accuracy"] for r in cells)
         lines.append(
-            f"| {lr:g} | {len(cells)} | {statistics.mean(accs):.2f} ± {sd:.2f} | {per} | {gain:+.2f} | "
+            f"| {epochs:g} | {cells[0]['steps']} | {lr:g} | {len(cells)} "
+            f"| {statistics.mean(accs):.2f} ± {sd:.2f} | {per} | {gain:+.2f} | "
             f"{wins} of {len(cells)} |"
         )
     return lines
@@ -102,6 +121,9 @@ def main() -> int:
     ap.add_argument("--dev", help="dev set [default: <run>/data/synth_dev.bin]")
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.005, 0.001, 0.0005, 0.0002])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument(
+        "--epochs", type=float, nargs="+", default=[QatConfig().train.epochs], help="qat.train.epochs values"
+    )
     ap.add_argument("--records", default=str(RECORDS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "qat_lr"))
     args = ap.parse_args()
@@ -117,17 +139,18 @@ def main() -> int:
     ptq = json.loads(baseline_file.read_text())
     train = open_train_set(run / "data")
     teacher = TeacherTargets(*open_teacher_cache(run / "cache"))
-    for lr in args.lrs:
-        for seed in args.seeds:
-            path = records_dir / f"lr{lr:g}_seed{seed}.json"
-            if path.is_file():
-                continue
-            record = run_cell(run, dev, lr, seed, train, teacher)
-            record["date"] = date.today().isoformat()
-            path.write_text(json.dumps(record, indent=2) + "\n")
-            acc, base = 100 * record["accuracy"], 100 * ptq["accuracy"]
-            print(f"lr {lr:g} seed {seed}: dev {acc:.2f} % (PTQ {base:.2f})")
-    records = [json.loads(p.read_text()) for p in sorted(records_dir.glob("lr*_seed*.json"))]
+    for epochs in args.epochs:
+        for lr in args.lrs:
+            for seed in args.seeds:
+                path = records_dir / f"{cell_name(lr, seed, epochs)}.json"
+                if path.is_file():
+                    continue
+                record = run_cell(run, dev, lr, seed, train, teacher, epochs=epochs)
+                record["date"] = date.today().isoformat()
+                path.write_text(json.dumps(record, indent=2) + "\n")
+                acc, base = 100 * record["accuracy"], 100 * ptq["accuracy"]
+                print(f"epochs {epochs:g} lr {lr:g} seed {seed}: dev {acc:.2f} % (PTQ {base:.2f})")
+    records = [json.loads(p.read_text()) for p in sorted(records_dir.glob("*lr*_seed*.json"))]
     header = (
         "# Stage two's learning rate on the dev set\n\n"
         "`benchmarks/qat_lr.py`: QAT of the default run's student at each learning rate and seed, scored on "
