@@ -6,7 +6,8 @@ with the default preset in a fresh run folder, then checks
   * teacher accuracy > distilled-student accuracy > 50 % + margin on the synthetic verification set,
   * QAT >= PTQ (as stage two evaluated them: on a CPU, as their INT8 Q/DQ ONNX), reported as it is, and
     the shipped INT8 ONNX >= PTQ (stage two ships the PTQ model when QAT lost on the dev set, never
-    choosing by the reported val set),
+    choosing by the reported val set), with the pair-by-pair comparison of QAT and PTQ (the pairs only
+    one gets right, exact McNemar p) that says whether their gap is more than noise,
   * student training throughput (img/s) is recorded in the manifest,
 prints a table and writes ``benchmarks/results/pipeline_default.json``.
 
@@ -26,6 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devices.rows import rows_from  # noqa: E402
+from pipeline.report import paired_rows  # noqa: E402
 
 
 def cpu_description() -> dict[str, object]:
@@ -126,6 +131,9 @@ def main() -> int:
     print(f"wall time {wall / 60:.1f} min; student training {ips:.1f} img/s")
     for name, ok in checks.items():
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}")
+    paired = paired_rows(rows_from(results), "student-qat", "student-ptq")
+    if paired is not None:  # what the QAT >= PTQ check cannot say: whether the gap is more than noise
+        print("  " + paired.sentence("QAT", "PTQ"))
     record = {
         "benchmark": "pipeline_default",
         "preset": args.preset,
@@ -137,6 +145,7 @@ def main() -> int:
         "student_accuracy": student["accuracy"],
         "int8_shipped": qat_record.get("shipped"),
         "int8_selection": qat_record.get("selection"),
+        "qat_vs_ptq_paired": None if paired is None else paired.to_dict(),
         "rows": [
             {
                 k: r.get(k)

@@ -70,6 +70,7 @@ def verification_fields(results: dict[str, VerificationResult]) -> dict[str, Any
             "eer": r.eer,
             "pairs": r.num_pairs,
             "roc": {"fpr": _thin(r.roc[0]), "tpr": _thin(r.roc[1])},
+            "wrong_pairs": list(r.wrong_pairs),  # for paired comparisons of two rows on this set
         }
     head_name = next(iter(results))
     head = per_set[head_name]

@@ -27,6 +27,7 @@ from pipeline.report import (
     latency_kind,
     latency_untrustworthy,
     notes,
+    qat_vs_ptq_line,
     render_markdown,
 )
 
@@ -181,7 +182,11 @@ def render_html(
         results_html(rows),
         "".join(f"<p><strong>{_e(line.replace('`', ''))}</strong></p>" for line in floor_lines(results)),
         "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes(rows)) + "</ul>",
-        "".join(f"<p>{_e(line)}</p>" for line in [int8_choice_line(manifest)] if line),
+        "".join(
+            f"<p>{_e(line.replace('`', ''))}</p>"
+            for line in [int8_choice_line(manifest), qat_vs_ptq_line(rows)]
+            if line
+        ),
         "<h2>ROC curves</h2>",
         _img(plots.roc_png(rows), "ROC curves of every artifact", "no ROC data in results.json"),
         "<h2>Accuracy vs latency</h2>",

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from devices.rows import ResultRow, finite, pct, rows_from
+from distill.metrics.paired import PairedDifference, paired_difference
 
 ESTIMATED = "estimated"
 
@@ -167,6 +168,25 @@ def int8_choice_line(manifest: dict[str, Any]) -> str | None:
     return f"INT8 artifacts exported from {shipped}.pt: {why}{on}."
 
 
+def paired_rows(rows: list[ResultRow], role_a: str, role_b: str) -> PairedDifference | None:
+    """The first ``role_a`` row against the first ``role_b`` row, pair by pair on their headline set
+    (``wrong_pairs`` of each); None when either is missing or has no per-pair record (older results)."""
+    a = next((r for r in rows if r.role == role_a), None)
+    b = next((r for r in rows if r.role == role_b), None)
+    if a is None or b is None or a.val_set is None or a.val_set != b.val_set:
+        return None
+    sa, sb = a.sets.get(a.val_set) or {}, b.sets.get(b.val_set) or {}
+    if "wrong_pairs" not in sa or "wrong_pairs" not in sb or sa.get("pairs") != sb.get("pairs"):
+        return None
+    return paired_difference(sa["wrong_pairs"], sb["wrong_pairs"], int(sa["pairs"]))
+
+
+def qat_vs_ptq_line(rows: list[ResultRow]) -> str | None:
+    """QAT against PTQ on the headline set, pair by pair: whether their gap is more than noise."""
+    diff = paired_rows(rows, "student-qat", "student-ptq")
+    return None if diff is None else diff.sentence("QAT", "PTQ") + f" on `{rows[0].val_set}`."
+
+
 def first_versions(manifest: dict[str, Any]) -> dict[str, Any]:
     for rec in (manifest.get("stages") or {}).values():
         if isinstance(rec, dict) and rec.get("versions"):
@@ -186,6 +206,8 @@ def render_markdown(results: dict[str, Any], manifest: dict[str, Any]) -> str:
         out.append(f"- {n}")
     choice = int8_choice_line(manifest)
     out += ["", choice] if choice else []
+    paired = qat_vs_ptq_line(rows)
+    out += ["", paired] if paired else []
     out += ["", "## Stages", "", "| stage | seconds | key |", "|---|---|---|"]
     for name, rec in stages.items():
         out.append(f"| {name} | {rec.get('seconds', '-')} | `{rec.get('key', '')}` |")

@@ -286,3 +286,30 @@ def test_chromium_probe_catches_a_broken_image_and_an_external_url(tmp_path):
     probe, _ = _render_in_chromium(page, tmp_path)
     assert probe["imgs"] == 4 and probe["decoded"] == 2
     assert any(e.startswith("csp:") for e in probe["errors"])  # the report's CSP blocked the fetch
+
+
+def test_qat_against_ptq_pair_by_pair():
+    """The report says how QAT and PTQ differ on the pairs themselves, from each row's wrong pairs."""
+    results = crafted_results()
+
+    def int8_row(stage, wrong):
+        sets = {"v": {"roc": _roc(0.4), "pairs": 20, "wrong_pairs": wrong}}
+        return _row(
+            f"student-{stage}-pytorch-int8",
+            "pytorch",
+            "int8",
+            stage=stage,
+            role=f"student-{stage}",
+            sets=sets,
+        )
+
+    # PTQ wrong on 1, 2, 3; QAT on 3, 4, 5, 6: QAT alone right on 1, 2; PTQ alone right on 4, 5, 6
+    results["rows"] += [int8_row("ptq", [1, 2, 3]), int8_row("qat", [3, 4, 5, 6])]
+    md = render_markdown(results, manifest())
+    line = next(ln for ln in md.splitlines() if ln.startswith("QAT − PTQ"))
+    assert "-5.00 points on 20 pairs" in line and "disagree on 5 (QAT right on 2, PTQ on 3)" in line
+    assert "p = 1.00 (within noise)" in line  # 2 x P(Bin(5, 1/2) <= 2) = 1
+    assert "QAT − PTQ" in render_html(results, manifest(), histories(), {"k": 1})
+    for row in results["rows"][-2:]:  # results written before rows kept their wrong pairs: no line
+        del row["sets"]["v"]["wrong_pairs"]
+    assert "QAT − PTQ" not in render_markdown(results, manifest())

@@ -144,6 +144,7 @@ def test_strict_less_than_at_an_exact_threshold():
     res = evaluate_verification(emb, None, issame, nfolds=2)
     assert res.best_thresholds == [0.01, 2.0]
     assert res.fold_accuracies == [0.5, 1.0]
+    assert res.wrong_pairs == [0, 1]  # the same pairs fold 1 rejects; not 6, 7 (exactly at 2.0)
 
 
 def test_kfold_bounds_match_sklearn():
@@ -256,3 +257,30 @@ def test_embed_pairs_batches_normalises_and_flips():
 
     emb2, none = embed_pairs(lambda x: torch.ones(x.shape[0], 2), images, batch_size=64, flip=False)
     assert none is None and emb2.shape == (7, 2)
+
+
+def test_wrong_pairs_are_the_decisions_the_accuracy_counts():
+    # the 2-fold example of test_verification_metrics: thresholds 0.49 (pairs 0-9), 0.51 (pairs 10-19);
+    # fold A rejects the same pairs at 0.505, 0.605, 1.205 (2, 3, 4); fold B the one at 0.805 (14)
+    same_a, diff_a = [0.305, 0.405, 0.505, 0.605, 1.205], [0.905, 1.005, 1.105, 1.305, 0.555]
+    same_b, diff_b = [0.205, 0.355, 0.455, 0.485, 0.805], [0.755, 1.505, 1.605, 1.705, 1.805]
+    issame = np.array([True] * 5 + [False] * 5 + [True] * 5 + [False] * 5)
+    res = evaluate_verification(
+        _pairs_at_distances(same_a + diff_a + same_b + diff_b), None, issame, nfolds=2
+    )
+    assert res.wrong_pairs == [2, 3, 4, 14]
+
+
+def test_wrong_pairs_agree_with_every_fold_accuracy():
+    rng = np.random.default_rng(0)
+    n = 605  # folds of 61 and 60 pairs
+    issame = rng.random(n) < 0.5
+    emb = rng.standard_normal((2 * n, 8))
+    emb[1::2][issame] = emb[0::2][issame] + rng.standard_normal((int(issame.sum()), 8)) * 0.8
+    res = evaluate_verification(emb, None, issame, nfolds=10)
+    wrong = np.zeros(n, bool)
+    wrong[res.wrong_pairs] = True
+    sizes = [61] * 5 + [60] * 5
+    starts = np.cumsum([0] + sizes[:-1])
+    for start, size, acc in zip(starts, sizes, res.fold_accuracies, strict=True):
+        assert 1 - wrong[start : start + size].sum() / size == pytest.approx(acc, abs=1e-12)

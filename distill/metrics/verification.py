@@ -65,6 +65,9 @@ class VerificationResult:
     # genuine/impostor cosine summaries of the fused embeddings: on a handful of pairs they say more
     # than an accuracy (genuine_mean, genuine_min, impostor_mean, impostor_max; None without such pairs)
     cosine: dict[str, float | None] = field(default_factory=dict)
+    # the pairs the accuracy counts as wrong (each at its test fold's threshold), in pair order: two
+    # models' lists on the same set give a paired comparison (distill/metrics/paired.py)
+    wrong_pairs: list[int] = field(default_factory=list)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -122,6 +125,18 @@ def _fold_accuracies(dist: np.ndarray, issame: np.ndarray, nfolds: int) -> tuple
         accs.append(float((pos_test[b] + (n_neg_test - neg_test[b])) / d.size))
         best.append(float(ACC_THRESHOLDS[b]))
     return accs, best
+
+
+def wrong_pair_indices(
+    dist: np.ndarray, issame: np.ndarray, thresholds: list[float], nfolds: int
+) -> list[int]:
+    """Indices of the pairs decided wrong, each with its test fold's threshold (same iff ``dist < t``):
+    exactly the decisions ``_fold_accuracies`` counts, one fold's accuracy = 1 - its wrong / its pairs."""
+    wrong: list[int] = []
+    for (start, stop), t in zip(kfold_bounds(len(dist), nfolds), thresholds, strict=True):
+        accepted = dist[start:stop] < t
+        wrong += (np.flatnonzero(accepted != issame[start:stop]) + start).tolist()
+    return wrong
 
 
 def _val_at_far(
@@ -267,6 +282,7 @@ def evaluate_verification(
         num_pairs=n,
         spread=float(1.0 - np.linalg.norm(fused.mean(axis=0))),
         cosine=_cosine_summary(fused, issame),
+        wrong_pairs=wrong_pair_indices(dist, issame, best, nfolds),
     )
 
 
