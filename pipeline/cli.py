@@ -42,7 +42,7 @@ def _run_args(p: argparse.ArgumentParser, devices: bool = True) -> None:
     p.add_argument(
         "--preset",
         default=None,
-        help="size preset: default (the CPU recipe, 11-15 min on 2 cores by the hour, 2026-12-05), tiny "
+        help="size preset: default (the CPU recipe, 10-13 min on 2 cores by the hour, 2026-12-05), tiny "
         "(smoke test), gpu (real data on a GPU box)",
     )
     p.add_argument(

@@ -41,9 +41,9 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (11.0-12.6 min on 2 cores at its
-# last timings, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests, "gpu" for real
-# data.
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (9.8-9.9 min on 2 cores at its
+# last timings, on idle hours, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests,
+# "gpu" for real data.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
         # bf16 autocast where the CPU runs it natively (AMX / AVX512-BF16), fp32 elsewhere: the teacher's
