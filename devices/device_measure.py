@@ -28,7 +28,7 @@ import numpy as np
 
 from devices.accuracy import HOST_LABEL, accuracy_fields
 from devices.catalogue import Device
-from devices.rows import ResultRow
+from devices.rows import ResultRow, artifact_stage
 from devices.runners.base import AccuracyUnavailable, Runner
 from distill.evaluation import EVAL_BATCH
 
@@ -141,7 +141,7 @@ def measure_on_device(
         "size_bytes": path.stat().st_size,
         "sha256": artifact.get("sha256"),
         "parity": artifact.get("parity"),
-        "stage": artifact.get("source", "distill"),  # as devices.measure rows
+        "stage": artifact_stage(artifact),  # as devices.measure rows
         "role": "artifact",
         "target": getattr(runner, "device_name", runner.label),
     }

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from deploy.runtimes import EVAL_TWIN_SAMPLE, evaluation_twin, load_embedder, twin_difference
 from devices.accuracy import HOST_LABEL, accuracy_fields, host_description
 from devices.latency import interleaved_latency, latency_conditions, load_snapshot
-from devices.rows import LatencySummary, ResultRow
+from devices.rows import LatencySummary, ResultRow, artifact_stage
 from distill.data.transforms import to_model_input
 from distill.data.verification_bin import VerificationSet
 from distill.errors import InputError
@@ -188,7 +188,7 @@ def measure_rows(
             "size_bytes": path.stat().st_size,
             "sha256": art["sha256"],
             "parity": art.get("parity"),
-            "stage": art.get("source", "distill"),
+            "stage": artifact_stage(art),
         }
         contract = _contract(path, art, target, delegate, log)
         if contract is not None:

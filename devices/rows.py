@@ -181,6 +181,16 @@ class ResultRow:
         return cls(**values, details=details)
 
 
+def artifact_stage(artifact: dict[str, Any]) -> str:
+    """The stage whose model an ``artifacts.json`` entry holds, as its results row says: the stage it came
+    from, except that stage two's files name the model it shipped (``ptq`` when ``ptq.pt`` won on the dev
+    set, ``qat`` otherwise: its ``source_file``)."""
+    source = artifact.get("source") or "distill"
+    if source == "qat" and artifact.get("source_file") in ("ptq.pt", "qat.pt"):
+        return artifact["source_file"].removesuffix(".pt")
+    return source
+
+
 def rows_from(results: Any, source: str = "results") -> list[ResultRow]:
     """The rows of a ``results.json`` object, type-checked (InputError with the row's index)."""
     if not isinstance(results, dict):

@@ -184,7 +184,10 @@ def paired_rows(rows: list[ResultRow], role_a: str, role_b: str) -> PairedDiffer
 def qat_vs_ptq_line(rows: list[ResultRow]) -> str | None:
     """QAT against PTQ on the headline set, pair by pair: whether their gap is more than noise."""
     diff = paired_rows(rows, "student-qat", "student-ptq")
-    return None if diff is None else diff.sentence("QAT", "PTQ") + f" on `{rows[0].val_set}`."
+    if diff is None:
+        return None
+    val_set = next(r.val_set for r in rows if r.role == "student-qat")
+    return diff.sentence("QAT", "PTQ") + f" on `{val_set}`."
 
 
 def first_versions(manifest: dict[str, Any]) -> dict[str, Any]:

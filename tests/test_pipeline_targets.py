@@ -98,6 +98,10 @@ def test_jetson_target_with_qat_labels_device_rows_not_measured(qat_stages, tmp_
     # the shipped INT8 ONNX computes exactly what stage two evaluated: its accuracy is taken, not recomputed
     int8 = [r for r in rows if r["format"] == "onnx" and r["precision"] == "int8"]
     assert len(int8) == 2 and all(r["accuracy"] == fake_quant[shipped]["accuracy"] for r in int8)
+    assert all(r["stage"] == shipped for r in int8)  # the model the file holds, whichever won
+    # QAT against PTQ pair by pair, from the wrong pairs stage two's evaluations kept
+    assert all(len(r["sets"]["synth_val"]["wrong_pairs"]) > 0 for r in fake_quant.values())
+    assert "QAT − PTQ: " in (out / "report.md").read_text()
     assert all(r["accuracy_via"].startswith(f"the qat stage's evaluation of {shipped}.pt") for r in int8)
     export = out / "export"
     artifacts = json.loads((export / "artifacts.json").read_text())["artifacts"]

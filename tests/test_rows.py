@@ -81,3 +81,13 @@ def test_latency_summary_from_stats_rounds_and_drops_what_was_not_measured():
 def test_pct_formats_fractions_and_refuses_non_numbers():
     assert pct(0.85254) == "85.25" and pct(0.5, " %") == "50.00 %"
     assert pct(None) == "-" and pct(float("nan")) == "-" and pct(True) == "-"
+
+
+def test_artifact_stage_names_the_model_stage_two_shipped():
+    from devices.rows import artifact_stage
+
+    assert artifact_stage({"source": "distill", "source_file": "student.pt"}) == "distill"
+    assert artifact_stage({"source": "qat", "source_file": "qat.pt"}) == "qat"
+    assert artifact_stage({"source": "qat", "source_file": "ptq.pt"}) == "ptq"  # PTQ won on the dev set
+    assert artifact_stage({"source": "qat"}) == "qat"  # an artifacts.json from before source_file
+    assert artifact_stage({}) == "distill"
