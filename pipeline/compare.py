@@ -15,10 +15,12 @@ from typing import Any
 
 from devices.rows import ResultRow, rows_from
 from pipeline.gate import check_results, load_json_file
-from pipeline.report import text_table
+from pipeline.report import paired_of, text_table
 
 FRACTION_METRICS = ("accuracy", "accuracy_std")
 LATENCY_PERCENTILES = ("p50", "p90", "p99")
+# per row: how many verification pairs only A decided right, and only B (from each row's wrong pairs)
+PAIRED_METRIC = "pairs right in one run only"
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Change:
     status: str
     delta: float | None = None  # b - a for numbers (fractions in 0..1, ms, bytes)
     relative: float | None = None  # (b - a) / a for latency and size
+    note: str = ""  # shown instead of a delta (the pair-by-pair line's p-value)
 
 
 def _num(v: Any) -> float | None:
@@ -122,6 +125,20 @@ def compare_runs(run_a: Path, run_b: Path) -> list[Change]:
             va, rel = ma.get(metric, (None, False))
             vb, rel_b = mb.get(metric, (None, rel))
             changes.append(_metric_change(label, metric, va, vb, rel or rel_b))
+        paired = paired_of(ra, rb)  # the same row in both runs, pair by pair: is B - A more than noise?
+        if paired is not None:
+            differ = paired.only_a_right + paired.only_b_right > 0
+            changes.append(
+                Change(
+                    "row",
+                    label,
+                    PAIRED_METRIC,
+                    paired.only_a_right,
+                    paired.only_b_right,
+                    "changed" if differ else "same",
+                    note=f"McNemar p = {paired.p_value:.2f}",
+                )
+            )
     changes += [Change("row", lb, "row", None, "present", "added") for lb in rows_b if lb not in rows_a]
     man_a = _manifest(run_a)
     man_b = _manifest(run_b)
@@ -159,6 +176,8 @@ def _fmt(metric: str, v: Any) -> str:
 def _fmt_delta(c: Change) -> str:
     if c.status == "same":
         return "="
+    if c.note:
+        return c.note
     if c.delta is None:
         return c.status
     if c.metric.startswith(("accuracy", "TAR")):

@@ -168,17 +168,22 @@ def int8_choice_line(manifest: dict[str, Any]) -> str | None:
     return f"INT8 artifacts exported from {shipped}.pt: {why}{on}."
 
 
-def paired_rows(rows: list[ResultRow], role_a: str, role_b: str) -> PairedDifference | None:
-    """The first ``role_a`` row against the first ``role_b`` row, pair by pair on their headline set
-    (``wrong_pairs`` of each); None when either is missing or has no per-pair record (older results)."""
-    a = next((r for r in rows if r.role == role_a), None)
-    b = next((r for r in rows if r.role == role_b), None)
+def paired_of(a: ResultRow | None, b: ResultRow | None) -> PairedDifference | None:
+    """Row ``a`` against row ``b``, pair by pair on their headline set (``wrong_pairs`` of each); None when
+    either is missing, they were scored on other sets, or one has no per-pair record (older results)."""
     if a is None or b is None or a.val_set is None or a.val_set != b.val_set:
         return None
     sa, sb = a.sets.get(a.val_set) or {}, b.sets.get(b.val_set) or {}
     if "wrong_pairs" not in sa or "wrong_pairs" not in sb or sa.get("pairs") != sb.get("pairs"):
         return None
     return paired_difference(sa["wrong_pairs"], sb["wrong_pairs"], int(sa["pairs"]))
+
+
+def paired_rows(rows: list[ResultRow], role_a: str, role_b: str) -> PairedDifference | None:
+    """The first ``role_a`` row against the first ``role_b`` row of one run, pair by pair."""
+    a = next((r for r in rows if r.role == role_a), None)
+    b = next((r for r in rows if r.role == role_b), None)
+    return paired_of(a, b)
 
 
 def qat_vs_ptq_line(rows: list[ResultRow]) -> str | None:

@@ -98,3 +98,24 @@ def test_missing_results_is_input_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError):
         compare_runs(tmp_path / "empty", tmp_path / "empty")
+
+
+def test_rows_compared_pair_by_pair(tmp_path):
+    """The same row in two runs: the pairs only one run decided right, and whether that is noise."""
+
+    def row(wrong, accuracy):
+        sets = {"v": {"pairs": 40, "wrong_pairs": wrong}}
+        return _row("student-onnx-int8", val_set="v", sets=sets, accuracy=accuracy)
+
+    # A wrong on 0-3; B wrong on 0, 10-17: A alone right on 10-17 (8), B alone right on 1-3 (3)
+    a = _run(tmp_path / "a", [row([0, 1, 2, 3], 0.9)], 0.1, "k", "2.13.0")
+    b = _run(tmp_path / "b", [row([0, *range(10, 18)], 0.775)], 0.1, "k", "2.13.0")
+    by = {(c.item, c.metric): c for c in compare_runs(a, b)}
+    paired = by[("student-onnx-int8 @ host", "pairs right in one run only")]
+    assert (paired.a, paired.b, paired.status) == (8, 3, "changed")
+    line = next(ln for ln in format_compare(list(by.values())).splitlines() if "one run only" in ln)
+    assert "McNemar p = 0.23" in line  # 2 x P(Bin(11, 1/2) <= 3) = 2 x 232 / 2048 = 0.2266
+    same = {(c.item, c.metric): c for c in compare_runs(a, a)}
+    assert same[("student-onnx-int8 @ host", "pairs right in one run only")].status == "same"
+    old = _run(tmp_path / "old", [_row("student-onnx-int8", val_set="v")], 0.1, "k", "2.13.0")
+    assert not any(c.metric == "pairs right in one run only" for c in compare_runs(a, old))
