@@ -128,12 +128,20 @@ def main() -> int:
     return 0
 
 
+# In a results .md, this line and everything after it are a person's notes: a re-run keeps them.
+NOTES_MARKER = "<!-- notes: kept when the benchmark rewrites this file -->"
+
+
 def write_results(out: Path, result: dict, header: str, table: list[str]) -> None:
-    """Print the table; write ``out``.json (``result``) and ``out``.md (``header``, then the table)."""
+    """Print the table; write ``out``.json (``result``) and ``out``.md (``header``, then the table, then
+    the notes the previous .md kept below ``NOTES_MARKER``)."""
     text = "\n".join(table)
     print(text)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(header + "\n\n" + text + "\n")
+    md = out.with_suffix(".md")
+    old = md.read_text() if md.is_file() else ""
+    notes = "\n" + old[old.index(NOTES_MARKER) :].rstrip("\n") + "\n" if NOTES_MARKER in old else ""
+    md.write_text(header + "\n\n" + text + "\n" + notes)
 
 
 def compare(label: str, original, twin, how: str, x: np.ndarray, rounds: int) -> dict:
