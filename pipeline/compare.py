@@ -106,6 +106,14 @@ def _dict_changes(section: str, metric: str, a: dict[str, Any], b: dict[str, Any
     return out
 
 
+def same_set_file(res_a: dict[str, Any], res_b: dict[str, Any], name: str | None) -> bool:
+    """Whether both results record verification set ``name`` with the same file hash (``val_sets``): pair
+    indices mean the same pairs only then (a regenerated set keeps its name and size)."""
+    a = (res_a.get("val_sets") or {}).get(name) or {}
+    b = (res_b.get("val_sets") or {}).get(name) or {}
+    return bool(a.get("sha256")) and a.get("sha256") == b.get("sha256")
+
+
 def compare_runs(run_a: Path, run_b: Path) -> list[Change]:
     """Every metric of every row (same or not), rows added/removed, and differing config/stages/versions."""
     run_a, run_b = Path(run_a), Path(run_b)
@@ -125,7 +133,8 @@ def compare_runs(run_a: Path, run_b: Path) -> list[Change]:
             va, rel = ma.get(metric, (None, False))
             vb, rel_b = mb.get(metric, (None, rel))
             changes.append(_metric_change(label, metric, va, vb, rel or rel_b))
-        paired = paired_of(ra, rb)  # the same row in both runs, pair by pair: is B - A more than noise?
+        # the same row in both runs, pair by pair (is B - A more than noise?): only on the very same pairs
+        paired = paired_of(ra, rb) if same_set_file(res_a, res_b, ra.val_set) else None
         if paired is not None:
             differ = paired.only_a_right + paired.only_b_right > 0
             changes.append(

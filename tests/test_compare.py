@@ -26,9 +26,10 @@ def _row(name, target="host", **over):
     return row
 
 
-def _run(root, rows, lr, key, torch_version):
+def _run(root, rows, lr, key, torch_version, val_sets=None):
     root.mkdir()
-    (root / "results.json").write_text(json.dumps({"target": "host", "rows": rows}))
+    results = {"target": "host", "rows": rows, **({"val_sets": val_sets} if val_sets else {})}
+    (root / "results.json").write_text(json.dumps(results))
     (root / "run.json").write_text(json.dumps({"config": {"distill": {"train": {"lr": lr, "seed": 0}}}}))
     stages = {"data": {"key": "d0", "versions": {"torch": torch_version}}, "distill": {"key": key}}
     (root / "manifest.json").write_text(json.dumps({"tool": "facekd", "stages": stages}))
@@ -108,8 +109,9 @@ def test_rows_compared_pair_by_pair(tmp_path):
         return _row("student-onnx-int8", val_set="v", sets=sets, accuracy=accuracy)
 
     # A wrong on 0-3; B wrong on 0, 10-17: A alone right on 10-17 (8), B alone right on 1-3 (3)
-    a = _run(tmp_path / "a", [row([0, 1, 2, 3], 0.9)], 0.1, "k", "2.13.0")
-    b = _run(tmp_path / "b", [row([0, *range(10, 18)], 0.775)], 0.1, "k", "2.13.0")
+    val_sets = {"v": {"pairs": 40, "sha256": "ab" * 32}}
+    a = _run(tmp_path / "a", [row([0, 1, 2, 3], 0.9)], 0.1, "k", "2.13.0", val_sets)
+    b = _run(tmp_path / "b", [row([0, *range(10, 18)], 0.775)], 0.1, "k", "2.13.0", val_sets)
     by = {(c.item, c.metric): c for c in compare_runs(a, b)}
     paired = by[("student-onnx-int8 @ host", "pairs right in one run only")]
     assert (paired.a, paired.b, paired.status) == (8, 3, "changed")
@@ -117,5 +119,8 @@ def test_rows_compared_pair_by_pair(tmp_path):
     assert "McNemar p = 0.23" in line  # 2 x P(Bin(11, 1/2) <= 3) = 2 x 232 / 2048 = 0.2266
     same = {(c.item, c.metric): c for c in compare_runs(a, a)}
     assert same[("student-onnx-int8 @ host", "pairs right in one run only")].status == "same"
-    old = _run(tmp_path / "old", [_row("student-onnx-int8", val_set="v")], 0.1, "k", "2.13.0")
+    old = _run(tmp_path / "old", [_row("student-onnx-int8", val_set="v")], 0.1, "k", "2.13.0", val_sets)
     assert not any(c.metric == "pairs right in one run only" for c in compare_runs(a, old))
+    other = {"v": {"pairs": 40, "sha256": "cd" * 32}}  # a regenerated set: same name and size, other pairs
+    regenerated = _run(tmp_path / "c", [row([0, *range(10, 18)], 0.775)], 0.1, "k", "2.13.0", other)
+    assert not any(c.metric == "pairs right in one run only" for c in compare_runs(a, regenerated))
