@@ -41,8 +41,8 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (9.8-9.9 min on 2 cores at its
-# last timings, on idle hours, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests,
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (9.8-11.5 min on 2 cores at its
+# last timings, by the hour, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests,
 # "gpu" for real data.
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {
