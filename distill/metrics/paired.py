@@ -16,7 +16,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """Model A against model B on the same ``pairs`` (A's accuracy minus B's, in points)."""
+    """Model A against model B on the same ``pairs``; ``difference_points`` is A's share of pairs right
+    minus B's, in points (the 10-fold accuracies' difference when the folds are of equal size)."""
 
     pairs: int
     only_a_right: int  # pairs A decides right and B wrong
