@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.batching import run_in_chunks
 from distill.cpu_sharing import EVAL_LANES, run_in_lanes, split_threads, stop_spinning
 from distill.data.transforms import IMAGE_SIZE
 from distill.errors import InputError
@@ -107,19 +108,10 @@ def pixel_input_dtype(input_type: str, nhwc: bool, card: str | dict | None) -> s
 
 
 def embed_in_chunks(run: Callable[[np.ndarray], object], x: np.ndarray, batch_size: int | None) -> np.ndarray:
-    """Run ``run`` over ``x`` in chunks; a fixed ``batch_size`` gets its last chunk zero-padded."""
-    n = x.shape[0]
-    step = DYNAMIC_CHUNK if batch_size is None else batch_size
-    outputs = []
-    for start in range(0, n, step):
-        chunk = x[start : start + step]
-        real = chunk.shape[0]
-        if batch_size is not None and real < batch_size:
-            pad = np.zeros((batch_size - real, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        out = np.asarray(run(chunk), dtype=np.float32)
-        outputs.append(out.reshape(out.shape[0], -1)[:real])
-    return np.concatenate(outputs)
+    """Run ``run`` over ``x`` in chunks (``distill/batching.py``; a dynamic axis: ``DYNAMIC_CHUNK`` rows
+    each) and return (N, D) float32."""
+    outputs = [np.asarray(o, dtype=np.float32) for o in run_in_chunks(run, x, batch_size, DYNAMIC_CHUNK)]
+    return np.concatenate([o.reshape(o.shape[0], -1) for o in outputs])
 
 
 class OnnxEmbedder:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.batching import run_in_chunks
 from distill.config import TeacherInputConfig
 from distill.cpu_sharing import EVAL_LANES, run_in_lanes, split_threads, stop_spinning
 from distill.data.transforms import IMAGE_SIZE
@@ -210,18 +211,9 @@ class OnnxTeacher:
         return np.asarray(result)
 
     def _embed_rows(self, session: Any, batch: np.ndarray) -> np.ndarray:
-        """One session's embeddings of ``batch``, in chunks of the fixed batch (the last one padded)."""
-        if self.fixed_batch is None:
-            return self._run(batch, session)
-        b = self.fixed_batch
-        chunks = []
-        for start in range(0, batch.shape[0], b):
-            chunk = batch[start : start + b]
-            real = chunk.shape[0]
-            if real < b:  # pad the last chunk to the fixed batch, keep only the real rows
-                pad = np.zeros((b - real, *chunk.shape[1:]), dtype=chunk.dtype)
-                chunk = np.concatenate([chunk, pad])
-            chunks.append(self._run(chunk, session)[:real])
+        """One session's embeddings of ``batch``: at once, or in chunks of the fixed batch (the last one
+        padded)."""
+        chunks = run_in_chunks(lambda chunk: self._run(chunk, session), batch, self.fixed_batch)
         return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_dim), np.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
