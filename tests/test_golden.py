@@ -133,6 +133,34 @@ def test_a_device_that_runs_something_else_gets_its_accuracy_withheld(shipped, t
     assert bad.latency_ms is not None  # the latency is still the device's
 
 
+def test_a_device_embeds_each_distinct_image_of_a_set_once(shipped, tmp_path):
+    """Repeated images (a .bin stores one per pair) cross to the device once; the accuracy is unchanged."""
+    from devices.device_measure import measure_on_device
+    from devices.runners.local import LocalRunner
+    from distill.metrics.verification import evaluate_verification
+
+    model = copy_of(shipped, tmp_path)
+    distinct = crops(12, seed=5)
+    images = distinct[np.r_[0:12, 0:8]]  # 20 images, 8 of them repeats
+    sets = [VerificationSet("v", images, np.arange(10) % 2 == 0)]
+    sent = []
+
+    class Counting(LocalRunner):
+        def run_accuracy(self, x):
+            sent.append(len(x))
+            return super().run_accuracy(x)
+
+    artifact = {"name": "m", "format": "onnx", "precision": "fp32", "sha256": sha256_of(model)}
+    row = measure_on_device(Counting("edge-box", threads=1), artifact, model, sets, {"warmup": 1, "runs": 2})
+    assert sent[0] == 6 and sum(sent[1:]) == 2 * 12  # the golden crops, then 12 images and their mirrors
+    one = load_embedder(model, num_threads=1)
+    x = model_input(images)
+    plain = np.concatenate([one.embed(x[i : i + 1]) for i in range(20)])
+    mirror = np.concatenate([one.embed(np.ascontiguousarray(x[i : i + 1, :, :, ::-1])) for i in range(20)])
+    expected = evaluate_verification(plain, mirror, sets[0].issame)
+    assert row.accuracy == pytest.approx(expected.accuracy)
+
+
 def test_unreadable_golden_files_are_input_errors(tmp_path):
     bad = tmp_path / "m.onnx.golden.json"
     bad.write_text("{not json")

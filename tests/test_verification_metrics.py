@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +13,18 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize as sk_normalize
 
+from distill.data.faces import open_verification
+from distill.data.transforms import to_model_input
 from distill.metrics.verification import (
     ACC_THRESHOLDS,
+    distinct_images,
     embed_pairs,
     evaluate_verification,
     fuse_embeddings,
     kfold_bounds,
 )
+
+LFW100 = Path(__file__).resolve().parents[2] / "shared" / "real" / "lfw100"
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -257,6 +263,55 @@ def test_embed_pairs_batches_normalises_and_flips():
 
     emb2, none = embed_pairs(lambda x: torch.ones(x.shape[0], 2), images, batch_size=64, flip=False)
     assert none is None and emb2.shape == (7, 2)
+
+
+def test_embed_pairs_embeds_each_distinct_image_once():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(7, 112, 112, 3), dtype=np.uint8)
+    images[4] = images[1]  # copies, as a .bin stores an image once per pair it is in
+    images[6] = images[0]
+    images[5, 0, 0, 0] = images[2, 0, 0, 0] ^ 1  # one pixel apart: distinct
+    images[5, 1:] = images[2, 1:]
+    images[5, 0, 1:] = images[2, 0, 1:]
+    rows = []
+
+    def embed_fn(x: torch.Tensor) -> np.ndarray:
+        rows.append(x.shape[0])
+        return x[:, :, 0, :2].reshape(x.shape[0], -1).numpy()  # first two pixels of row 0, 3 channels
+
+    emb, emb_flip = embed_pairs(embed_fn, images, batch_size=3)
+    assert rows == [3, 3, 2, 2]  # 5 distinct images (0, 1, 2, 3, 5), plain + mirror per batch
+    first, inverse = distinct_images(images)
+    assert first.tolist() == [0, 1, 2, 3, 5] and inverse.tolist() == [0, 1, 2, 3, 1, 4, 0]
+
+    def by_hand(cols: slice) -> np.ndarray:  # every image on its own, repeats included
+        px = images[:, 0, cols, :].astype(np.float64) / 255.0 * 2.0 - 1.0  # (M, 2, 3)
+        return px.transpose(0, 2, 1).reshape(len(images), -1)  # channel-major, as NCHW
+
+    np.testing.assert_allclose(emb, by_hand(slice(0, 2)), atol=1e-6)
+    np.testing.assert_allclose(emb_flip, by_hand(slice(111, 109, -1)), atol=1e-6)
+
+
+@pytest.mark.skipif(not LFW100.is_dir(), reason="../shared/real/ not present")
+def test_lfw100_repeats_are_embedded_once():
+    # pairs.txt names 200 distinct files in its 400 slots (genuine and impostor pairs share photos)
+    names = [n for line in (LFW100 / "pairs.txt").read_text().splitlines() for n in line.split("\t")[:2]]
+    vs = open_verification(LFW100)
+    first, inverse = distinct_images(vs.images)
+    assert len(names) == len(vs.images) == 400
+    assert len(first) == len(set(names)) == 200
+    by_name = {n: i for i, n in enumerate(names)}  # the last slot of each name
+    assert all(inverse[i] == inverse[by_name[n]] for i, n in enumerate(names))
+    rows = []
+
+    def embed_fn(x: torch.Tensor) -> np.ndarray:
+        rows.append(x.shape[0])
+        return x.mean(dim=(2, 3)).numpy()
+
+    emb, emb_flip = embed_pairs(embed_fn, vs.images, batch_size=32, flip=True)
+    assert sum(rows) == 2 * 200
+    one_by_one = np.concatenate([embed_fn(to_model_input(vs.images[i : i + 1])) for i in range(400)])
+    np.testing.assert_allclose(emb, one_by_one, rtol=1e-6, atol=1e-7)
 
 
 def test_wrong_pairs_are_the_decisions_the_accuracy_counts():

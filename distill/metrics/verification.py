@@ -29,6 +29,7 @@ On top, over all pairs at once (no folds), with score = -dist:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -300,6 +301,29 @@ def _cosine_summary(fused: np.ndarray, issame: np.ndarray) -> dict[str, float | 
     }
 
 
+def distinct_images(images_uint8_nhwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first, inverse)``: the index of each distinct image's first copy, and for every image the
+    position of its copy in ``first`` (``images[first][inverse]`` equals ``images``).
+
+    Verification sets repeat images across pairs (lfw100's 400 images are 200 photos; insightface's
+    .bin files store both images of every pair), and an embedding costs a model call, on a device a
+    transfer too. Byte-equal images only: a digest of each image's pixels and shape.
+    """
+    first: list[int] = []
+    inverse = np.empty(len(images_uint8_nhwc), dtype=np.int64)
+    seen: dict[bytes, int] = {}
+    for i, image in enumerate(images_uint8_nhwc):
+        image = np.ascontiguousarray(image)
+        h = hashlib.blake2b(image.tobytes(), digest_size=16)
+        h.update(repr((image.shape, image.dtype.str)).encode())
+        key = h.digest()
+        if key not in seen:
+            seen[key] = len(first)
+            first.append(i)
+        inverse[i] = seen[key]
+    return np.asarray(first, dtype=np.int64), inverse
+
+
 def embed_pairs(
     embed_fn: Callable[[torch.Tensor], np.ndarray],
     images_uint8_nhwc: np.ndarray,
@@ -310,7 +334,9 @@ def embed_pairs(
     """Run ``embed_fn`` over uint8 NHWC RGB images (and their mirrors); float64 (M, D) arrays.
 
     ``embed_fn`` receives ``to_model_input`` batches (float NCHW in [-1, 1]) and returns (B, D) as numpy
-    (a torch tensor is accepted too).
+    (a torch tensor is accepted too). Each distinct image is embedded once (:func:`distinct_images`),
+    in order of first appearance, and its rows copied to every repeat; a set without repeats is fed
+    in the same batches as before.
     """
     images = np.asarray(images_uint8_nhwc)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -326,17 +352,25 @@ def embed_pairs(
             raise ValueError(f"embed_fn returned shape {arr.shape} for a batch of {rows}")
         return arr
 
-    starts = range(0, images.shape[0], batch_size)
+    first, inverse = distinct_images(images)
+    every = len(first) == images.shape[0]  # no repeats: contiguous slices, no gather copies
+    starts = range(0, len(first), batch_size)
     if progress:
         from tqdm import tqdm
 
         starts = tqdm(starts, desc="embedding", unit="batch")
     plain, mirrored = [], []
     for start in starts:
-        x = to_model_input(images[start : start + batch_size])
+        rows = images[start : start + batch_size] if every else images[first[start : start + batch_size]]
+        x = to_model_input(rows)
         plain.append(as_numpy(embed_fn(x), x.shape[0]))
         if flip:
             mirrored.append(as_numpy(embed_fn(hflip_nchw(x)), x.shape[0]))
     if not plain:
         raise ValueError("no images to embed")
-    return np.concatenate(plain), (np.concatenate(mirrored) if flip else None)
+    emb = np.concatenate(plain)
+    emb_flip = np.concatenate(mirrored) if flip else None
+    if not every:
+        emb = emb[inverse]
+        emb_flip = emb_flip[inverse] if emb_flip is not None else None
+    return emb, emb_flip
