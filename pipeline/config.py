@@ -41,7 +41,7 @@ class Config:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
 
 
-# Presets are plain overrides of the defaults: "default" is the CPU recipe (9.8-11.5 min on 2 cores at its
+# Presets are plain overrides of the defaults: "default" is the CPU recipe (9.8-11.7 min on 2 cores at its
 # last timings, by the hour, benchmarks/results/pipeline_default.md), "tiny" the smoke run of the tests,
 # "gpu" for real data.
 PRESETS: dict[str, dict[str, Any]] = {
