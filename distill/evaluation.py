@@ -113,6 +113,30 @@ def chance_limit(num_pairs: int) -> float:
     return 0.5 + 2.0 * (0.25 / max(num_pairs, 1)) ** 0.5
 
 
+SPREAD_FLOOR = 1e-3  # embeddings closer together than this point one way whatever the face
+
+
+def blind_to_faces(results: dict[str, VerificationResult]) -> str | None:
+    """What in verification results says a model does not tell faces apart, or None when they look sane.
+
+    Near-constant embeddings on any set, or chance on every set: what a model fed the wrong pixels
+    (scaling, channel order, layout, size) or the wrong kind of crop shows, since such a model still
+    loads and runs. Callers add the advice that fits them (a teacher's config, ``evaluate``'s flags).
+    """
+    flat = {name: r for name, r in results.items() if r.spread < SPREAD_FLOOR}
+    at_chance = {name: r for name, r in results.items() if r.accuracy <= chance_limit(r.num_pairs)}
+    if flat:
+        name, r = next(iter(flat.items()))
+        return f"its embeddings barely vary across images on {name} (spread {r.spread:.1e})"
+    if results and len(at_chance) == len(results):
+        name, r = next(iter(at_chance.items()))
+        return (
+            f"it is at chance on {name} ({100 * r.accuracy:.1f} % <= {100 * chance_limit(r.num_pairs):.1f} % "
+            f"for {r.num_pairs} pairs)"
+        )
+    return None
+
+
 def pixel_floor(sets: list[VerificationSet], chunk: int = 256) -> dict[str, dict[str, Any]]:
     """Verification of raw pixels compared by cosine: the score a model that learned nothing beats.
 

@@ -236,29 +236,16 @@ def open_teacher_cache(out_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return (np.load(out_dir / "plain.npy", mmap_mode="r"), np.load(out_dir / "flipped.npy", mmap_mode="r"))
 
 
-SPREAD_FLOOR = 1e-3  # embeddings closer together than this point one way whatever the face
-
-
 def fed_wrongly(results: dict[str, Any], contract: InputContract) -> str | None:
     """Why a teacher's verification results say it does not see faces, or None when they look sane.
 
     A teacher fed wrongly (scaling, channel order, layout, alignment) usually loads and runs fine and
     then outputs near-constant embeddings or scores at chance; distilling from it teaches nothing.
     """
-    from distill.evaluation import chance_limit
+    from distill.evaluation import blind_to_faces
 
-    flat = {name: r for name, r in results.items() if r.spread < SPREAD_FLOOR}
-    at_chance = {name: r for name, r in results.items() if r.accuracy <= chance_limit(r.num_pairs)}
-    if flat:
-        name, r = next(iter(flat.items()))
-        what = f"its embeddings barely vary across images on {name} (spread {r.spread:.1e})"
-    elif results and len(at_chance) == len(results):
-        name, r = next(iter(at_chance.items()))
-        what = (
-            f"it is at chance on {name} ({100 * r.accuracy:.1f} % <= {100 * chance_limit(r.num_pairs):.1f} % "
-            f"for {r.num_pairs} pairs)"
-        )
-    else:
+    what = blind_to_faces(results)
+    if what is None:
         return None
     return (
         f"{what}: the teacher is most likely fed wrongly. Check teacher.input: pixel scaling (mean/std; "

@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="verification accuracy of a .pt, .onnx or .tflite model",
         description="10-fold verification accuracy (InsightFace protocol), TAR@FAR, AUC, EER "
-        "of a model file on a .bin or a pairs folder.",
+        "of a model file on a .bin or a pairs folder. Ends with one warning line (stderr; 'warning' in "
+        "--json) when the model does not tell the faces apart (at chance, or near-constant embeddings): "
+        "for an .onnx from elsewhere usually pixels fed wrongly, see the input contract flags.",
     )
     ev.add_argument("--model", required=True, help=".pt checkpoint, .onnx or .tflite")
     ev.add_argument("--data", required=True, help="verification .bin or folder with pairs.txt")
@@ -428,18 +430,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from devices.accuracy import accuracy_fields
     from distill.data.faces import open_verification
-    from distill.evaluation import pixel_floor
+    from distill.evaluation import evaluate_sets, pixel_floor, verification_fields
 
     vs = open_verification(args.data)
     embedder, contract = _evaluation_embedder(args)
-    row = accuracy_fields(embedder, [vs], flip=not args.no_flip)
-    result = row["sets"][vs.name]
+    results = evaluate_sets(lambda x: embedder.embed(x.numpy()), [vs], flip=not args.no_flip)
+    result = verification_fields(results)["sets"][vs.name]
     result.pop("roc")
     result["pixel_floor"] = pixel_floor([vs])[vs.name]["accuracy"]
+    warning = _blind_warning(results, contract)
     if args.json:
         extra = {"input": contract.to_dict()} if contract is not None else {}
+        if warning:
+            extra["warning"] = warning
         print(
             json.dumps({"model": args.model, "data": args.data, "flip": not args.no_flip, **result, **extra})
         )
@@ -459,7 +463,25 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"impostor mean {cos['impostor_mean']:.3f} (max {cos['impostor_max']:.3f})"
         )
         print(f"  floor: raw pixels compared by cosine {100 * result['pixel_floor']:.2f} %")
+    if warning:  # after the figures it explains, on stderr
+        sys.stdout.flush()
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _blind_warning(results: dict[str, Any], contract: Any) -> str | None:
+    """One line when the model does not tell these faces apart, with what to try (None when it does)."""
+    from distill.evaluation import blind_to_faces
+
+    what = blind_to_faces(results)
+    if what is None:
+        return None
+    if contract is None:  # this project's own file: its input is fixed, so the file or the faces are off
+        return f"{what}: an untrained or wrong file, or faces not aligned as its training data was"
+    return (
+        f"{what}: the model is most likely fed wrongly. It was fed as {contract.summary()}; declare how it "
+        "expects its pixels: --mean/--std (raw 0..255: --mean 0 --std 1), --channels BGR, --layout, --size"
+    )
 
 
 def _evaluation_embedder(args: argparse.Namespace) -> tuple[Any, Any]:

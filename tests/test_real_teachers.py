@@ -227,3 +227,20 @@ def test_evaluate_on_real_photos_the_real_teacher_separates_people(capsys):
                  "--mean", "127.5", "--std", "127.5"]) == 0  # fmt: skip
     twice = json.loads(capsys.readouterr().out)
     assert twice["roc_auc"] < r["roc_auc"] - 0.1
+    assert "warning" not in r  # fed right: nothing to say
+    assert "barely vary" in twice["warning"] and "most likely fed wrongly" in twice["warning"]
+
+
+@needs_real
+def test_evaluate_warns_when_a_file_from_elsewhere_is_fed_wrongly(capsys):
+    """FaceRes says nothing about its pixels (no Sub/Mul in front): fed the default (x - 127.5) / 127.5 it
+    is at chance on real faces, and ``evaluate`` says so in one line that names the flags to declare."""
+    lfw = ["--data", str(REAL / "lfw100")]  # report-only: a real set to show the warning on, nothing chosen
+    assert main(["evaluate", "--model", str(FACERES), *lfw]) == 0
+    out, err = capsys.readouterr()
+    assert "accuracy" in out and err.count("\n") == 1 and err.startswith("warning: it is at chance on lfw100")
+    assert "most likely fed wrongly" in err and "(x - 127.5) / 127.5" in err and "--mean 0 --std 1" in err
+    assert main(["evaluate", "--model", str(FACERES), *lfw, "--mean", "0", "--std", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    declared = json.loads(out)
+    assert "warning" not in declared and "warning" not in err and declared["accuracy"] > 0.85

@@ -315,6 +315,14 @@ def test_constant_or_chance_embeddings_are_called_fed_wrongly():
     assert flat and "barely vary" in flat and "teacher.allow_chance" in flat and "channel order" in flat
     chance = fed_wrongly({"v": evaluate_verification(noise, None, issame)}, c)
     assert chance and "at chance on v" in chance
+    # `pipeline evaluate` words the same test for its own flags, or for this project's own files
+    from pipeline.cli import _blind_warning
+
+    assert _blind_warning({"v": evaluate_verification(good, None, issame)}, c) is None
+    onnx_line = _blind_warning({"v": evaluate_verification(constant, None, issame)}, c)
+    assert "barely vary" in onnx_line and "--mean 0 --std 1" in onnx_line and c.summary() in onnx_line
+    own = _blind_warning({"v": evaluate_verification(noise, None, issame)}, None)
+    assert "at chance on v" in own and "untrained or wrong file" in own and "--mean" not in own
 
 
 def test_pixel_floor_scores_identical_genuine_crops_perfectly():
