@@ -1,7 +1,8 @@
-"""Benchmark: stage two's learning rate and length, chosen on the dev set only (issue 14's QAT >= PTQ).
+"""Benchmark: stage two's learning rate, length and fp32 anchor, chosen on the dev set only (issue 14).
 
 Takes a finished default run (its distilled student, teacher cache and ``ptq.pt``) and trains QAT again at
-each number of epochs, learning rate and seed with every other setting of the default ``qat`` section, then
+each number of epochs, learning rate, ``qat.fp32_anchor`` weight and seed with every other setting of the
+default ``qat`` section, then
 scores the PTQ model and each QAT model on the **dev set** (``synth_dev.bin``: identities in neither
 training nor ``synth_val.bin``), through the INT8 Q/DQ ONNX copy stage two evaluates with. It never
 evaluates the val set: the default learning rate and length are picked here, so the reported numbers
@@ -12,6 +13,8 @@ One JSON record per (epochs, lr, seed) under ``--records`` (a re-run skips the c
 
     python benchmarks/qat_lr.py --run runs/bench-default --lrs 0.005 0.001 0.0005 0.0002 --seeds 0 1 2
     python benchmarks/qat_lr.py --run runs/bench-default --epochs 0.6 --lrs 0.001 0.0005 --seeds 0 1 2
+    python benchmarks/qat_lr.py --run runs/bench-default --lrs 0.0005 --anchors 0 10 100 \
+        --records benchmarks/results/qat_anchor_runs --out benchmarks/results/qat_anchor
 """
 
 from __future__ import annotations
@@ -52,8 +55,10 @@ def dev_accuracy(path: Path, dev, name: str) -> dict[str, float]:
     return {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std, "via": how}
 
 
-def run_cell(run: Path, dev, lr: float, seed: int, train, teacher, epochs: float | None = None) -> dict:
-    cfg = QatConfig()
+def run_cell(
+    run: Path, dev, lr: float, seed: int, train, teacher, epochs: float | None = None, anchor: float = 0.0
+) -> dict:
+    cfg = QatConfig(fp32_anchor=anchor)
     cfg.train.lr, cfg.train.seed = lr, seed
     if epochs is not None:
         cfg.train.epochs = epochs
@@ -75,6 +80,7 @@ def run_cell(run: Path, dev, lr: float, seed: int, train, teacher, epochs: float
     return {
         "lr": lr,
         "epochs": cfg.train.epochs,
+        "fp32_anchor": anchor,
         "seed": seed,
         "steps": outcome.metrics["steps"],
         "train_seconds": round(seconds, 1),
@@ -87,20 +93,27 @@ def epochs_of(record: dict) -> float:
     return float(record.get("epochs", QatConfig().train.epochs))
 
 
-def cell_name(lr: float, seed: int, epochs: float) -> str:
-    """Record file stem: the default's epochs keep the names of the records written before that axis."""
-    base = f"lr{lr:g}_seed{seed}"
+def anchor_of(record: dict) -> float:
+    """A record's ``qat.fp32_anchor`` (records written before that axis ran without it, 0)."""
+    return float(record.get("fp32_anchor", 0.0))
+
+
+def cell_name(lr: float, seed: int, epochs: float, anchor: float = 0.0) -> str:
+    """Record file stem: the default's epochs and no anchor keep the names of the records written before
+    those axes."""
+    base = f"lr{lr:g}_seed{seed}" if not anchor else f"anchor{anchor:g}_lr{lr:g}_seed{seed}"
     return base if epochs == QatConfig().train.epochs else f"ep{epochs:g}_{base}"
 
 
 def table(records: list[dict], ptq: dict) -> list[str]:
     lines = [
-        "| qat.train.epochs | steps | qat.train.lr | seeds | dev accuracy % (mean ± sd) | per seed "
-        "| QAT − PTQ (points) | seeds ≥ PTQ |",
-        "|---|---|---|---|---|---|---|---|",
+        "| qat.train.epochs | steps | qat.train.lr | qat.fp32_anchor | seeds | dev accuracy % (mean ± sd) "
+        "| per seed | QAT − PTQ (points) | seeds ≥ PTQ |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for epochs, lr in sorted({(epochs_of(r), r["lr"]) for r in records}, key=lambda k: (k[0], -k[1])):
-        cells = [r for r in records if r["lr"] == lr and epochs_of(r) == epochs]
+    settings = {(epochs_of(r), r["lr"], anchor_of(r)) for r in records}
+    for epochs, lr, anchor in sorted(settings, key=lambda k: (k[0], -k[1], k[2])):
+        cells = [r for r in records if (epochs_of(r), r["lr"], anchor_of(r)) == (epochs, lr, anchor)]
         cells.sort(key=lambda r: r["seed"])
         accs = [100 * r["accuracy"] for r in cells]
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -108,7 +121,7 @@ def table(records: list[dict], ptq: dict) -> list[str]:
         gain = statistics.mean(accs) - 100 * ptq["accuracy"]
         wins = sum(r["accuracy"] >= ptq["accuracy"] for r in cells)
         lines.append(
-            f"| {epochs:g} | {cells[0]['steps']} | {lr:g} | {len(cells)} "
+            f"| {epochs:g} | {cells[0]['steps']} | {lr:g} | {anchor:g} | {len(cells)} "
             f"| {statistics.mean(accs):.2f} ± {sd:.2f} | {per} | {gain:+.2f} | "
             f"{wins} of {len(cells)} |"
         )
@@ -123,6 +136,9 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument(
         "--epochs", type=float, nargs="+", default=[QatConfig().train.epochs], help="qat.train.epochs values"
+    )
+    ap.add_argument(
+        "--anchors", type=float, nargs="+", default=[QatConfig().fp32_anchor], help="qat.fp32_anchor weights"
     )
     ap.add_argument("--records", default=str(RECORDS))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "qat_lr"))
@@ -139,21 +155,20 @@ def main() -> int:
     ptq = json.loads(baseline_file.read_text())
     train = open_train_set(run / "data")
     teacher = TeacherTargets(*open_teacher_cache(run / "cache"))
-    for epochs in args.epochs:
-        for lr in args.lrs:
-            for seed in args.seeds:
-                path = records_dir / f"{cell_name(lr, seed, epochs)}.json"
-                if path.is_file():
-                    continue
-                record = run_cell(run, dev, lr, seed, train, teacher, epochs=epochs)
-                record["date"] = date.today().isoformat()
-                path.write_text(json.dumps(record, indent=2) + "\n")
-                acc, base = 100 * record["accuracy"], 100 * ptq["accuracy"]
-                print(f"epochs {epochs:g} lr {lr:g} seed {seed}: dev {acc:.2f} % (PTQ {base:.2f})")
+    cells = [(e, lr, a, s) for e in args.epochs for lr in args.lrs for a in args.anchors for s in args.seeds]
+    for epochs, lr, anchor, seed in cells:
+        path = records_dir / f"{cell_name(lr, seed, epochs, anchor)}.json"
+        if path.is_file():
+            continue
+        record = run_cell(run, dev, lr, seed, train, teacher, epochs=epochs, anchor=anchor)
+        record["date"] = date.today().isoformat()
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        acc, base = 100 * record["accuracy"], 100 * ptq["accuracy"]
+        print(f"epochs {epochs:g} lr {lr:g} anchor {anchor:g} seed {seed}: dev {acc:.2f} % (PTQ {base:.2f})")
     records = [json.loads(p.read_text()) for p in sorted(records_dir.glob("*lr*_seed*.json"))]
     header = (
-        "# Stage two's learning rate on the dev set\n\n"
-        "`benchmarks/qat_lr.py`: QAT of the default run's student at each learning rate and seed, scored on "
+        "# Stage two's settings on the dev set\n\n"
+        "`benchmarks/qat_lr.py`: QAT of the default run's student at each setting and seed, scored on "
         f"`{dev.name}` ({len(dev.issame)} pairs of identities in neither training nor the val set; flip "
         "fused, as stage two scores). The val set is never evaluated here."
         f" PTQ (the run's `ptq.pt`): **{100 * ptq['accuracy']:.2f} %**."

@@ -31,6 +31,10 @@ class QatConfig:
     keep: str = "best_on_dev"
     # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
     losses: list[LossSpec] = field(default_factory=list)
+    # weight of ``fp32_anchor`` added to those terms: the INT8 model's normalised embedding pulled towards
+    # its own fp32 version's on the same view (NNCF's QAT knowledge distillation, the uncompressed model as
+    # teacher); 0 = off
+    fp32_anchor: float = 0.0
     # lr 0.0005: the student is converged, and larger steps undo more than fake quantization costs; chosen
     # on the dev set, never the val set (benchmarks/results/qat_lr.md: 0.005 lost to PTQ there on average)
     train: TrainConfig = field(
@@ -48,5 +52,7 @@ def validate_qat(q: QatConfig) -> None:
         )
     if q.keep not in KEEP_CHOICES:
         raise InputError(f"qat.keep: must be one of {', '.join(KEEP_CHOICES)}; got '{q.keep}'")
+    if not q.fp32_anchor >= 0:
+        raise InputError(f"qat.fp32_anchor: a loss weight, must be >= 0; got {q.fp32_anchor}")
     if q.calibration_images < 1 or q.calibration_batch < 1:
         raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")

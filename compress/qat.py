@@ -9,6 +9,7 @@ the engine's ``checkpoints/last.pt`` carries the QAT state (model incl. quantize
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -98,18 +99,22 @@ def quantization_aware_distill(
     if stage_one_losses is None:
         recorded = (meta.get("extra") or {}).get("losses") or []
         stage_one_losses = [LossSpec(**spec) for spec in recorded]
-    specs = cfg.losses or stage_one_losses
+    specs = list(cfg.losses or stage_one_losses)
     if not specs:
         raise InputError(f"{student_path}: no qat.losses given and the checkpoint records no stage-one loss")
+    if cfg.fp32_anchor > 0:
+        specs.append(LossSpec("fp32_anchor", cfg.fp32_anchor))
     embedding_dim = int(arch_kwargs.get("embedding_dim", 128))
     dims = LossDims(
         student_dim=embedding_dim,
         teacher_dim=teacher.dim if teacher else None,
         num_classes=dataset.num_classes,
         teacher_head=teacher_head,
+        reference_dim=embedding_dim,
     )
     torch.manual_seed(cfg.train.seed)  # fresh loss parameters (heads, projectors) are seeded, as in stage one
     terms = build_losses(specs, dims, where="qat.losses" if cfg.losses else "distill.losses")
+    anchored = any(term.needs_reference for term in terms.values())
     restored = restore_loss_state(terms, (meta.get("extra") or {}).get("loss_state") or {})
 
     def evaluate(model: torch.nn.Module) -> dict[str, float]:
@@ -131,6 +136,7 @@ def quantization_aware_distill(
         workers=workers,
         stop_after_step=stop_after_step,
         no_decay=SCALE_PARAMS,
+        reference=copy.deepcopy(fp32).eval() if anchored else None,  # a copy: training moves the device
         evaluate_at_end="qat" not in evaluate_models,  # evaluated below, once, with its embeddings kept
     )
     summary = train(job)

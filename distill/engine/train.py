@@ -80,6 +80,9 @@ class TrainJob:
     # False when the caller evaluates the finished model itself (the pipeline's stages record that one
     # evaluation for measure): ``cfg.eval_every`` then evaluates only along the way, not twice at the end
     evaluate_at_end: bool = True
+    # a frozen model whose embedding of each step's view reaches the loss terms as ``LossInputs.reference``
+    # (stage two: the fp32 student, for ``fp32_anchor``); run in fp32, no grad, never trained or saved
+    reference: nn.Module | None = None
 
 
 @dataclass
@@ -146,11 +149,18 @@ class _Trainable(nn.Module):
         indices: torch.Tensor,
         step: int,
         general: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         with autocast(*self._amp):
             emb = self.model(x)
         inputs = LossInputs(
-            student=emb.float(), labels=labels, teacher=teacher, indices=indices, step=step, general=general
+            student=emb.float(),
+            labels=labels,
+            teacher=teacher,
+            indices=indices,
+            step=step,
+            general=general,
+            reference=reference,
         )
         return {name: term(inputs) for name, term in self.losses.items()}
 
@@ -200,6 +210,9 @@ def train(job: TrainJob) -> TrainSummary:
     use_nhwc = cfg.channels_last and channels_last_is_safe(job.model)
     memory_format = torch.channels_last if use_nhwc else torch.contiguous_format
     model, losses = job.model.to(device, memory_format=memory_format), job.losses.to(device)
+    reference = None
+    if job.reference is not None:
+        reference = job.reference.to(device, memory_format=memory_format).eval().requires_grad_(False)
     # sharded margin heads (Partial FC): this rank's rows, in a param group of their own
     heads = shard_heads(losses)
     # a checkpoint of the other layout (sharded or not) cannot be loaded into this one: start afresh
@@ -299,9 +312,13 @@ def train(job: TrainJob) -> TrainSummary:
                 teacher = torch.where(flip[:, None], mirrored, plain).to(device)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg, steps)
+            ref = None
+            if reference is not None:
+                with torch.no_grad():
+                    ref = reference(x).float()
             torch.manual_seed(cfg.seed * 7919 + step)  # dropout etc.: deterministic per step
             values = trainable(
-                x, labels, teacher, indices, step, None if general is None else general.to(device)
+                x, labels, teacher, indices, step, None if general is None else general.to(device), ref
             )
             total = sum(job.weights[name] * v for name, v in values.items())
             logged = mean_over_ranks(torch.stack([v.detach().float() for v in values.values()]), dist_info)

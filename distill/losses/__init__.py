@@ -12,6 +12,7 @@ from distill.losses.classifier_sharing import StudentHeadLoss, TeacherHeadLoss
 from distill.losses.coupleface import CoupleFaceLoss
 from distill.losses.ekd import EKDLoss
 from distill.losses.feature_l2 import FeatureL2Loss
+from distill.losses.fp32_anchor import FP32AnchorLoss
 from distill.losses.gkd import GKDLoss
 from distill.losses.iled import ILEDLoss
 from distill.losses.margin import ArcFaceLoss, CosFaceLoss
@@ -32,6 +33,7 @@ LOSSES: dict[str, type[LossTerm]] = {
     "margin_distillation": MarginDistillationLoss,
     "adadistill": AdaDistillLoss,
     "gkd": GKDLoss,
+    "fp32_anchor": FP32AnchorLoss,  # stage two only: pulls the INT8 model to its own fp32 version
 }
 
 __all__ = ["LOSSES", "LossDims", "LossInputs", "LossTerm", "build_losses"]
@@ -50,6 +52,11 @@ def build_losses(specs: list[LossSpec], dims: LossDims, where: str = "losses") -
         cls = LOSSES[spec.name]
         if cls.needs_teacher and dims.teacher_dim is None:
             raise InputError(f"{where}[{i}]: loss '{spec.name}' needs a teacher, and this run has none")
+        if cls.needs_reference and dims.reference_dim is None:
+            raise InputError(
+                f"{where}[{i}]: loss '{spec.name}' compares the INT8 model with its fp32 version, which only "
+                "stage two has (set qat.fp32_anchor, or name it in qat.losses)"
+            )
         try:
             term = cls(dims, **spec.params)
         except (TypeError, ValueError) as exc:

@@ -21,6 +21,8 @@ class LossDims:
     teacher_dim: int | None  # None when no teacher takes part (teacher training, no-KD baseline)
     num_classes: int
     teacher_head: torch.Tensor | None = None  # (num_classes, teacher_dim) class centres of the teacher's head
+    # width of the frozen reference model's embedding (stage two: the fp32 student); None without one
+    reference_dim: int | None = None
 
 
 @dataclass
@@ -33,6 +35,8 @@ class LossInputs:
     indices: torch.Tensor | None = None  # (B,) dataset indices of the images
     step: int = 0
     general: torch.Tensor | None = None  # (B,) bool: the uniformly sampled part of a balanced batch
+    # (B, Dr) the frozen reference model's embedding of the same view, no grad (stage two: the fp32 student)
+    reference: torch.Tensor | None = None
 
 
 class LossTerm(nn.Module):
@@ -41,6 +45,8 @@ class LossTerm(nn.Module):
     needs_teacher: bool = False
     # reads the teacher's classifier (its class centres, ``LossDims.teacher_head``): an ONNX teacher has none
     needs_teacher_head: bool = False
+    # reads ``LossInputs.reference``: only a stage that trains against a frozen copy (QAT) provides one
+    needs_reference: bool = False
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
