@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from distill.config import LossSpec, TrainConfig, validate_train
 from distill.errors import InputError
 
-KEEP_CHOICES = ("best_on_dev", "qat")
+KEEP_CHOICES = ("best_on_dev", "qat", "ptq")
 
 
 @dataclass
@@ -27,7 +27,8 @@ class QatConfig:
     fast_bias_correction: bool = True
     # which INT8 model ships (export reads qat.json's "shipped"): "best_on_dev" = the QAT model unless the
     # PTQ model scores higher on the data's dev sets (never on the reported val sets; the QAT model without
-    # a dev set); "qat" = always the QAT model
+    # a dev set); "qat" = always the QAT model; "ptq" = the PTQ model, and no QAT fine-tuning at all (the
+    # fast path when post-training quantization already keeps the fp32 accuracy)
     keep: str = "best_on_dev"
     # [] = the distill.losses of stage one (their heads/projectors start from the stage-one state)
     losses: list[LossSpec] = field(default_factory=list)

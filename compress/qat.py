@@ -23,7 +23,7 @@ from compress.quantize import calibration_batches, quantize_model, quantizer_cou
 from distill.config import LossSpec
 from distill.data.verification_bin import VerificationSet
 from distill.engine.distributed import current_dist
-from distill.engine.train import TeacherTargets, TrainJob, train
+from distill.engine.train import TeacherTargets, TrainJob, TrainSummary, train
 from distill.errors import InputError
 from distill.evaluation import EmbedFn, evaluate_sets, summary_metrics, torch_embed_fn, verification_fields
 from distill.losses import LossDims, build_losses
@@ -36,7 +36,7 @@ SCALE_PARAMS = ("_scale_param_storage",)
 @dataclass
 class QatOutcome:
     ptq_path: Path
-    qat_path: Path
+    qat_path: Path | None  # None under qat.keep: ptq (no fine-tuning)
     metrics: dict[str, Any]  # per model ("fp32", "ptq", "qat"): verification metrics
     evaluation: dict[str, Any] = field(default_factory=dict)  # per model: a results row's verification fields
     # per model, per verification set: the embeddings of the images as they are (no mirror), float32
@@ -64,7 +64,8 @@ def quantization_aware_distill(
     evaluate_models: tuple[str, ...] = ("fp32", "ptq", "qat"),
     embed_fn_for: Callable[[str, torch.nn.Module], tuple[EmbedFn, str]] | None = None,
 ) -> QatOutcome:
-    """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json``.
+    """PTQ then QAT of the fp32 ``student_path``; writes ``ptq.pt``, ``qat.pt``, ``history.json`` (only
+    ``ptq.pt`` under ``cfg.keep == "ptq"``, which skips the fine-tuning).
 
     Everything about the student (architecture, the loss terms stage one trained it with) is read from
     its checkpoint, not from another stage's settings; ``expected_arch`` and ``stage_one_losses`` only
@@ -94,6 +95,96 @@ def quantization_aware_distill(
             save_quantized(
                 ptq_path, ptq, arch=arch, arch_kwargs=arch_kwargs, extra={"quantizers": quantizer_counts(ptq)}
             )
+    qmodel: torch.nn.Module | None = None
+    qat_path: Path | None = None
+    metrics: dict[str, Any] = {"steps": 0}
+    if cfg.keep != "ptq":  # "ptq": the PTQ model ships as it is, no fine-tuning
+        qmodel, qat_path, summary = fine_tune(
+            ptq_path,
+            student_path=student_path,
+            meta=meta,
+            fp32=fp32,
+            cfg=cfg,
+            stage_one_losses=stage_one_losses,
+            dataset=dataset,
+            val_sets=val_sets,
+            out_dir=out_dir,
+            teacher=teacher,
+            teacher_head=teacher_head,
+            flip_eval=flip_eval,
+            workers=workers,
+            progress=progress,
+            stop_after_step=stop_after_step,
+            evaluate_at_end="qat" not in evaluate_models,
+        )
+        metrics = {"steps": summary.steps, "images_per_second": summary.images_per_second}
+    evaluation: dict[str, Any] = {}
+    plain: dict[str, dict[str, Any]] = {}
+    shipped, selection = "qat", {"rule": cfg.keep}
+    if qmodel is None:
+        shipped, selection = (
+            "ptq",
+            {"rule": "ptq", "why": "qat.keep: ptq (the PTQ model; no QAT fine-tuning)"},
+        )
+    if (val_sets or dev_sets) and current_dist().is_main:
+        ptq, _ = load_quantized(ptq_path)
+        models = {"fp32": fp32, "ptq": ptq, **({"qat": qmodel} if qmodel is not None else {})}
+        embeds: dict[str, tuple[EmbedFn, str]] = {}
+
+        def embed_of(name: str) -> tuple[EmbedFn, str]:  # one embedding function per model, built once
+            if name not in embeds:
+                model = models[name].eval()
+                if embed_fn_for is None:
+                    embeds[name] = torch_embed_fn(model), "the module itself in PyTorch"
+                else:
+                    embeds[name] = embed_fn_for(name, model)
+            return embeds[name]
+
+        if cfg.keep == "best_on_dev":
+            # unmirrored, as an app runs the file (and half the cost of flip fusion)
+            shipped, selection = choose_on_dev(dev_sets or [], lambda name: embed_of(name)[0], flip=False)
+        for name in ("fp32", "ptq", "qat"):
+            if name not in evaluate_models or name not in models or not val_sets:
+                continue
+            plain[name] = {}
+            embed, how = embed_of(name)
+            results = evaluate_sets(embed, val_sets, flip=flip_eval, keep_plain=plain[name])
+            metrics[name] = summary_metrics(results)
+            evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
+            evaluation[name]["accuracy_via"] = how
+    metrics["shipped"], metrics["selection"] = shipped, selection
+    return QatOutcome(
+        ptq_path=ptq_path,
+        qat_path=qat_path,
+        metrics=metrics,
+        evaluation=evaluation,
+        plain_embeddings=plain,
+        shipped=shipped,
+        selection=selection,
+    )
+
+
+def fine_tune(
+    ptq_path: Path,
+    *,
+    student_path: Path,
+    meta: dict[str, Any],
+    fp32: torch.nn.Module,
+    cfg: QatConfig,
+    stage_one_losses: list[LossSpec] | None,
+    dataset: Any,
+    val_sets: list[VerificationSet],
+    out_dir: Path,
+    teacher: TeacherTargets | None,
+    teacher_head: torch.Tensor | None,
+    flip_eval: bool,
+    workers: int,
+    progress: bool,
+    stop_after_step: int,
+    evaluate_at_end: bool,
+) -> tuple[torch.nn.Module, Path, TrainSummary]:
+    """QAT proper: the PTQ model trained by the engine with the (stage-one) loss terms; writes ``qat.pt``."""
+    arch, arch_kwargs = meta["arch"], meta["arch_kwargs"]
     qmodel, _ = load_quantized(ptq_path)
 
     if stage_one_losses is None:
@@ -137,7 +228,7 @@ def quantization_aware_distill(
         stop_after_step=stop_after_step,
         no_decay=SCALE_PARAMS,
         reference=copy.deepcopy(fp32).eval() if anchored else None,  # a copy: training moves the device
-        evaluate_at_end="qat" not in evaluate_models,  # evaluated below, once, with its embeddings kept
+        evaluate_at_end=evaluate_at_end,  # False: the caller evaluates it, once, with its embeddings kept
     )
     summary = train(job)
     qmodel = qmodel.cpu().eval()
@@ -152,46 +243,7 @@ def quantization_aware_distill(
     }
     if current_dist().is_main:
         save_quantized(qat_path, qmodel, arch=arch, arch_kwargs=arch_kwargs, extra=extra)
-    metrics: dict[str, Any] = {"steps": summary.steps, "images_per_second": summary.images_per_second}
-    evaluation: dict[str, Any] = {}
-    plain: dict[str, dict[str, Any]] = {}
-    shipped, selection = "qat", {"rule": cfg.keep}
-    if (val_sets or dev_sets) and current_dist().is_main:
-        ptq, _ = load_quantized(ptq_path)
-        models = {"fp32": fp32, "ptq": ptq, "qat": qmodel}
-        embeds: dict[str, tuple[EmbedFn, str]] = {}
-
-        def embed_of(name: str) -> tuple[EmbedFn, str]:  # one embedding function per model, built once
-            if name not in embeds:
-                model = models[name].eval()
-                if embed_fn_for is None:
-                    embeds[name] = torch_embed_fn(model), "the module itself in PyTorch"
-                else:
-                    embeds[name] = embed_fn_for(name, model)
-            return embeds[name]
-
-        if cfg.keep == "best_on_dev":
-            # unmirrored, as an app runs the file (and half the cost of flip fusion)
-            shipped, selection = choose_on_dev(dev_sets or [], lambda name: embed_of(name)[0], flip=False)
-        for name in ("fp32", "ptq", "qat"):
-            if name not in evaluate_models or not val_sets:
-                continue
-            plain[name] = {}
-            embed, how = embed_of(name)
-            results = evaluate_sets(embed, val_sets, flip=flip_eval, keep_plain=plain[name])
-            metrics[name] = summary_metrics(results)
-            evaluation[name] = verification_fields(results)  # the measure stage's rows, not recomputed
-            evaluation[name]["accuracy_via"] = how
-    metrics["shipped"], metrics["selection"] = shipped, selection
-    return QatOutcome(
-        ptq_path=ptq_path,
-        qat_path=qat_path,
-        metrics=metrics,
-        evaluation=evaluation,
-        plain_embeddings=plain,
-        shipped=shipped,
-        selection=selection,
-    )
+    return qmodel, qat_path, summary
 
 
 def choose_on_dev(

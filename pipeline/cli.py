@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill": "cache teacher embeddings and distill the student (stage one)",
         "qat": "INT8 with NNCF: post-training quantization baseline, then quantization-aware "
         "distillation with the teacher still teaching (stage two); export gets the QAT model unless the "
-        "PTQ one scores higher on the dev set (qat.keep)",
+        "PTQ one scores higher on the dev set (qat.keep; qat.keep: ptq skips QAT and ships PTQ)",
         "export": "export the student for the target and check each artifact against PyTorch",
         "measure": "measure accuracy and latency of every artifact; writes results.json",
         "report": "write report.md and report.html (tables, ROC, accuracy-vs-latency, training curves)",

@@ -617,14 +617,15 @@ def stage_qat(ctx: Context) -> dict[str, Any]:
         files = {name: work / f"{name}.pt" for name in outcome.evaluation}
         write_evaluation(ctx, work, outcome.evaluation, files, outcome.plain_embeddings, vals)
         kept = [f for f in (f"plain_{name}.npy" for name in outcome.plain_embeddings) if (work / f).is_file()]
-        return StageOutcome(["qat.json", "ptq.pt", "qat.pt", "history.json", EVALUATION_FILE, *kept], metrics)
+        trained = ["qat.pt", "history.json"] if outcome.qat_path is not None else []  # none under keep: ptq
+        return StageOutcome(["qat.json", "ptq.pt", *trained, EVALUATION_FILE, *kept], metrics)
 
     return ctx.run.run("qat", key, fn, force=ctx.force, log=ctx.log, verbose=ctx.verbose, collective=True)
 
 
 def qat_enabled(ctx: Context) -> bool:
-    """Whether stage two produced an INT8 model in this run folder."""
-    return (ctx.run.stage_dir("qat") / "qat.pt").is_file()
+    """Whether stage two produced an INT8 model in this run folder (the one it chose for export)."""
+    return (ctx.run.stage_dir("qat") / f"{shipped_int8(ctx)}.pt").is_file()
 
 
 def shipped_int8(ctx: Context) -> str:
@@ -1061,6 +1062,8 @@ def _fake_quant_rows(ctx: Context, vals: list[Any]) -> list[Any]:
     rows = []
     for stage in ("ptq", "qat"):
         path = ctx.run.stage_dir("qat") / f"{stage}.pt"
+        if not path.is_file():  # qat.keep: ptq trains no QAT model
+            continue
         saved = saved_evaluation(ctx, "qat", stage, path, vals)  # QAT evaluated this very file already
         if saved is not None:
             fields = dict(saved)

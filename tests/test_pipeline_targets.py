@@ -173,6 +173,42 @@ def test_when_ptq_wins_on_the_dev_set_export_ships_ptq_pt(qat_stages, tmp_path, 
     )
 
 
+def test_qat_keep_ptq_trains_nothing_and_the_run_ships_ptq_pt(qat_stages, tmp_path, capsys):
+    """``qat.keep: ptq``: stage two calibrates and evaluates the PTQ model, trains no QAT model, and every
+    later stage (export, measure, report) works from ptq.pt alone."""
+    _, base = qat_stages
+    out = tmp_path / "ptq-only"
+    shutil.copytree(base, out)
+    cfg = tmp_path / "ptq-only.yaml"
+    cfg.write_text(QUICK_CONFIG.read_text() + "  keep: ptq\n")
+    capsys.readouterr()
+    args = ["all", "--preset", "tiny", "--config", str(cfg), "--target", "jetson", "--out", str(out)]
+    assert main([*args, "--no-progress"]) == 0
+    log = capsys.readouterr().out
+    assert (
+        "[distill] up to date, skipped" in log and "[qat] INT8 model for export: ptq.pt (qat.keep: ptq" in log
+    )
+    qat = out / "qat"
+    assert (
+        (qat / "ptq.pt").is_file() and not (qat / "qat.pt").exists() and not (qat / "history.json").exists()
+    )
+    record = json.loads((qat / "qat.json").read_text())
+    assert record["shipped"] == "ptq" and record["steps"] == 0 and "qat" not in record
+    assert set(json.loads((qat / "evaluation.json").read_text())["models"]) == {"ptq"}
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["role"] for r in rows if r["format"] == "pytorch" and r["precision"] == "int8"] == [
+        "student-ptq"
+    ]
+    ptq_row = next(r for r in rows if r["role"] == "student-ptq")
+    int8 = [r for r in rows if r["format"] == "onnx" and r["precision"] == "int8"]
+    assert int8 and all(r["stage"] == "ptq" and r["accuracy"] == ptq_row["accuracy"] for r in int8)
+    artifacts = json.loads((out / "export" / "artifacts.json").read_text())["artifacts"]
+    onnx8 = next(a for a in artifacts if a["precision"] == "int8")
+    assert onnx8["source_file"] == "ptq.pt" and onnx8["source_checkpoint"] == sha256_file(qat / "ptq.pt")
+    report = (out / "report.md").read_text()
+    assert "INT8 artifacts exported from ptq.pt: qat.keep: ptq" in report and "QAT − PTQ: " not in report
+
+
 def test_android_target_ships_fp32_fp16_and_int8_tflite_with_model_cards(qat_stages, tmp_path, capsys):
     out = tmp_path / "android"
     _ship_from_copy(qat_stages, out, "android", capsys)
