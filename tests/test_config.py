@@ -67,7 +67,7 @@ def test_range_checks():
             "data": {"synth": {"dev_pairs": 21}}
         },
         "data.dev: give it with data.train": {"data": {"dev": ["lfw.bin"]}},
-        "qat.keep: must be one of best_on_dev, qat; got 'ptq'": {"qat": {"keep": "ptq"}},
+        "qat.keep: must be one of best_on_dev, qat, ptq; got 'last'": {"qat": {"keep": "last"}},
     }
     for message, overrides in bad.items():
         with pytest.raises(InputError, match=re.escape(message)):

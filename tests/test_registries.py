@@ -35,6 +35,8 @@ def _dims(name: str) -> LossDims:
     """What each term is built with: teacher terms see a wider teacher; the no-teacher terms do not."""
     if name == "student_head":  # SH-KD step 2: the teacher trains through a student's head, no teacher
         return LossDims(student_dim=DT, teacher_dim=None, num_classes=C)
+    if LOSSES[name].needs_reference:  # stage two's anchor: the student's own fp32 version as reference
+        return LossDims(student_dim=DS, teacher_dim=None, num_classes=C, reference_dim=DS)
     if not getattr(LOSSES[name], "needs_teacher", False):
         return LossDims(student_dim=DS, teacher_dim=None, num_classes=C)
     head = torch.nn.functional.normalize(torch.randn(C, DT), dim=1)
@@ -51,7 +53,10 @@ def _inputs(dims: LossDims, seed: int = 0) -> LossInputs:
     labels = torch.arange(B) % C
     student = torch.randn(B, dims.student_dim, generator=g, requires_grad=True)
     teacher = torch.randn(B, DT, generator=g)
-    return LossInputs(student=student, labels=labels, teacher=teacher, indices=torch.arange(B), step=1)
+    reference = torch.randn(B, dims.student_dim, generator=g)
+    return LossInputs(
+        student=student, labels=labels, teacher=teacher, indices=torch.arange(B), step=1, reference=reference
+    )
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
