@@ -11,6 +11,10 @@ whether the check's outcome is a property of stage two or of one seed. Copies al
 ``qat`` stage are not run again (the pipeline skips up-to-date stages).
 
     python benchmarks/qat_seeds.py --run runs/bench-default --work /tmp/qat-seeds --seeds 1 2 3
+
+``--held-out FILE`` also scores every seed's PTQ and QAT models on a third verification set (e.g.
+``synth_test.bin`` of identities no other split uses, ``benchmarks/synth_test_set.py``), as stage two scores
+the val set (their INT8 Q/DQ ONNX, flip fused): a larger reading of the same question, still report-only.
 """
 
 from __future__ import annotations
@@ -91,6 +95,65 @@ def seed_row(run: Path) -> dict:
     }
 
 
+def held_out_scores(run: Path, held_out: Path, work: Path) -> dict:
+    """PTQ and QAT of ``run`` on the ``held_out`` set, pair by pair (cached under ``work``)."""
+    from compress.checkpoint import load_quantized
+    from distill.data.faces import open_verification
+    from distill.evaluation import evaluate_sets
+    from pipeline.stages import checkpoint_embed_fn
+
+    cache = work / "held_out" / f"seed{recorded_seed(run)}_{held_out.stem}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    vs = open_verification(held_out)
+    scores: dict = {"set": vs.name, "pairs": int(len(vs.issame))}
+    for name in ("ptq", "qat"):
+        model, _ = load_quantized(run / "qat" / f"{name}.pt")
+        embed, how = checkpoint_embed_fn(model, vs.images, name, quantized=True)
+        result = evaluate_sets(embed, [vs], flip=True)[vs.name]
+        scores[name] = {"accuracy": result.accuracy, "wrong_pairs": list(result.wrong_pairs), "via": how}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(scores) + "\n")
+    return scores
+
+
+def held_out_fields(scores: dict) -> dict:
+    """A seed row's held-out columns: both accuracies and the pair-by-pair comparison."""
+    paired = paired_difference(scores["qat"]["wrong_pairs"], scores["ptq"]["wrong_pairs"], scores["pairs"])
+    return {
+        "held_out_set": scores["set"],
+        "held_out_pairs": scores["pairs"],
+        "held_out_ptq": scores["ptq"]["accuracy"],
+        "held_out_qat": scores["qat"]["accuracy"],
+        "held_out_only_qat_right": paired.only_a_right,
+        "held_out_only_ptq_right": paired.only_b_right,
+        "held_out_p_value": paired.p_value,
+    }
+
+
+def held_out_table(rows: list[dict]) -> list[str]:
+    name, pairs = rows[0]["held_out_set"], rows[0]["held_out_pairs"]
+    lines = [
+        f"| seed | PTQ % ({name}) | QAT % ({name}) | QAT − PTQ (points) | pairs only QAT / only PTQ right "
+        "| McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        diff = 100 * (r["held_out_qat"] - r["held_out_ptq"])
+        lines.append(
+            f"| {r['seed']} | {100 * r['held_out_ptq']:.2f} | {100 * r['held_out_qat']:.2f} | {diff:+.2f} "
+            f"| {r['held_out_only_qat_right']} / {r['held_out_only_ptq_right']} "
+            f"| {r['held_out_p_value']:.3f} |"
+        )
+    wins = sum(r["held_out_qat"] >= r["held_out_ptq"] for r in rows)
+    mean = statistics.mean(100 * (r["held_out_qat"] - r["held_out_ptq"]) for r in rows)
+    lines += [
+        "",
+        f"On `{name}` ({pairs} pairs): QAT >= PTQ in {wins} of {len(rows)} seeds, mean {mean:+.2f} points.",
+    ]
+    return lines
+
+
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| seed | PTQ % (val) | QAT % (val) | QAT − PTQ (points) | pairs only QAT / only PTQ right "
@@ -126,11 +189,16 @@ def main() -> int:
     )
     ap.add_argument("--work", required=True, help="folder for the per-seed copies (kept; re-runs reuse them)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds besides the run's own")
+    ap.add_argument("--held-out", help="a third verification .bin to score every seed's PTQ and QAT on")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "qat_seeds"))
     args = ap.parse_args()
     base, work = Path(args.run).resolve(), Path(args.work).resolve()
     seeds = [recorded_seed(base), *[s for s in args.seeds if s != recorded_seed(base)]]
-    rows = [seed_row(seed_run(base, work, s)) for s in seeds]
+    runs = [seed_run(base, work, s) for s in seeds]
+    rows = [seed_row(run) for run in runs]
+    if args.held_out:
+        for row, run in zip(rows, runs, strict=True):
+            row.update(held_out_fields(held_out_scores(run, Path(args.held_out).resolve(), work)))
     lines = table(rows)
     s = summary(rows)
     line = (
@@ -155,7 +223,8 @@ def main() -> int:
         "rows": rows,
         "summary": s,
     }
-    write_results(Path(args.out), result, header, [*lines, "", line + "."])
+    extra = ["", *held_out_table(rows)] if args.held_out else []
+    write_results(Path(args.out), result, header, [*lines, "", line + ".", *extra])
     return 0
 
 

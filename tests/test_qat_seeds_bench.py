@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.qat_seeds import seed_row, summary, table
+from benchmarks.qat_seeds import held_out_fields, held_out_table, seed_row, summary, table
 
 
 def _stage_two(run: Path, seed: int, wrong_ptq: list[int], wrong_qat: list[int], shipped: str) -> Path:
@@ -51,3 +51,20 @@ def test_rows_and_summary_by_hand(tmp_path):
     }
     rows = table([a, b])
     assert rows[2].startswith("| 0 | 90.00 | 85.00 | -5.00 | 1 / 2 | 1.000 | 80.00 / 85.00 | qat.pt |")
+
+
+def test_held_out_columns_by_hand():
+    # 10 pairs: PTQ wrong on 0, 1, 2; QAT wrong on 2, 3 -> only QAT right on 0, 1; only PTQ right on 3
+    scores = {
+        "set": "synth_test",
+        "pairs": 10,
+        "ptq": {"accuracy": 0.7, "wrong_pairs": [0, 1, 2]},
+        "qat": {"accuracy": 0.8, "wrong_pairs": [2, 3]},
+    }
+    f = held_out_fields(scores)
+    assert (f["held_out_only_qat_right"], f["held_out_only_ptq_right"]) == (2, 1)
+    assert f["held_out_p_value"] == pytest.approx(1.0)  # 2 against 1 of 3: 2 * P(X <= 1) = 2 * 4/8
+    rows = [{"seed": 0, **f}, {"seed": 1, **f, "held_out_qat": 0.65}]
+    lines = held_out_table(rows)
+    assert lines[2] == "| 0 | 70.00 | 80.00 | +10.00 | 2 / 1 | 1.000 |"
+    assert lines[-1] == "On `synth_test` (10 pairs): QAT >= PTQ in 1 of 2 seeds, mean +2.50 points."

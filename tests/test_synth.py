@@ -61,6 +61,25 @@ def test_the_dev_set_leaves_train_and_val_byte_identical(tiny_dir: Path, tmp_pat
     assert len(np.unique(pairs[issame, 0])) == 30 and not np.array_equal(pairs, val_pairs)
 
 
+def test_the_test_split_is_written_alone_and_leaves_every_other_file_as_it_was(tiny_dir: Path, tmp_path):
+    """``synthesize_split``: the val set it writes is synthesize's to the byte; a test set comes only on
+    request, over its own identities, and the data stage's files are unchanged by the split's existence."""
+    val = synth.synthesize_split(tmp_path / "val", SynthSpec.tiny(), "val", progress=False, workers=1)
+    assert val.read_bytes() == (tiny_dir / "synth_val.bin").read_bytes()
+    assert "synth_test.bin" not in {p.name for p in tiny_dir.iterdir()}  # never by default
+    spec = SynthSpec.tiny()
+    test = synth.synthesize_split(tmp_path / "test", spec, "test", (10, 40), progress=False, workers=1)
+    vs, val_set = open_verification(test), open_verification(val)
+    assert len(vs.issame) == 40 and vs.issame.sum() == 20
+    assert not {im.tobytes() for im in vs.images} & {im.tobytes() for im in val_set.images}
+    with pytest.raises(ValueError, match="the test split needs sizes"):
+        synth.synthesize_split(tmp_path / "none", SynthSpec.tiny(), "test", progress=False, workers=1)
+    with pytest.raises(ValueError, match="the test split needs sizes"):
+        synth.synthesize_split(
+            tmp_path / "odd", SynthSpec.tiny(), "test", (10, 41), progress=False, workers=1
+        )
+
+
 def test_same_seed_gives_identical_files(tiny_dir: Path, tmp_path: Path) -> None:
     summary = synthesize(tmp_path / "again", SynthSpec.tiny(), progress=False)
     assert summary["train_images"] == 72
@@ -91,11 +110,13 @@ def test_val_folds_are_balanced() -> None:
     assert len(np.unique(pairs[issame, 0])) == 30  # positives spread over all held-out identities
 
 
-@pytest.mark.parametrize("split", ["val", "dev"])
+@pytest.mark.parametrize("split", ["val", "dev", "test"])
 def test_held_out_identities_are_not_training_or_val_identities(split: str) -> None:
     train = [identity_for(0, "train", i, 0.5) for i in range(300)]
     if split == "dev":  # the dev set chooses; it must share no identity with the val set it must not bias
         train += [identity_for(0, "val", i, 0.5) for i in range(200)]
+    if split == "test":  # the report-only third set: none of train, val or dev
+        train += [identity_for(0, other, i, 0.5) for other in ("val", "dev") for i in range(200)]
     val = [identity_for(0, split, j, 0.5) for j in range(200)]
 
     def traits(ident: synth.Identity) -> np.ndarray:

@@ -46,8 +46,13 @@ GENERATOR_VERSION = 1
 # seed streams (the second entry of every SeedSequence), so no two uses of a seed collide
 _TRAIN_ID, _VAL_ID, _PROTO, _TRAIN_IMG, _VAL_PAIRS, _VAL_IMG, _SHEET = 1, 2, 3, 4, 5, 6, 7
 _DEV_ID, _DEV_PAIRS, _DEV_IMG = 8, 9, 10
+_TEST_ID, _TEST_PAIRS, _TEST_IMG = 11, 12, 13
 # per verification split: (pair-plan stream, image stream); its identities' stream is identity_for's
-_PAIR_STREAMS = {"val": (_VAL_PAIRS, _VAL_IMG), "dev": (_DEV_PAIRS, _DEV_IMG)}
+_PAIR_STREAMS = {
+    "val": (_VAL_PAIRS, _VAL_IMG),
+    "dev": (_DEV_PAIRS, _DEV_IMG),
+    "test": (_TEST_PAIRS, _TEST_IMG),
+}
 _N_PROTOTYPES = 48
 _NOISE_PAD = 48
 
@@ -231,8 +236,9 @@ def mix_identities(own: Identity, proto: Identity, weight: float, rng: np.random
 
 
 def identity_for(seed: int, split: str, index: int, difficulty: float) -> Identity:
-    """Identity ``index`` of ``split`` ("train", "val" or "dev"); the splits use disjoint seed streams."""
-    stream = {"train": _TRAIN_ID, "val": _VAL_ID, "dev": _DEV_ID, "sheet": _SHEET}[split]
+    """Identity ``index`` of ``split`` ("train", "val", "dev" or "test"); the splits use disjoint seed
+    streams, and share the population (the same prototypes) for one ``seed``."""
+    stream = {"train": _TRAIN_ID, "val": _VAL_ID, "dev": _DEV_ID, "test": _TEST_ID, "sheet": _SHEET}[split]
     rng = np.random.default_rng([seed, stream, index])
     own = sample_identity(rng)
     proto_index = int(rng.integers(_N_PROTOTYPES))
@@ -971,13 +977,13 @@ def _train_items(spec: SynthSpec, progress: bool, workers: int = 1) -> Iterator[
             yield k, jpeg
 
 
-def val_pair_plan(spec: SynthSpec, split: str = "val") -> tuple[np.ndarray, np.ndarray]:
+def val_pair_plan(
+    spec: SynthSpec, split: str = "val", sizes: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(pairs (P, 2) identity indices of ``split``, issame (P,))``: positives and negatives alternate, so
-    any contiguous block (each of the 10 evaluation folds) is balanced to within one pair."""
-    if split == "val":
-        identities, p = spec.val_identities, spec.val_pairs
-    else:
-        identities, p = spec.dev_identities, spec.dev_pairs
+    any contiguous block (each of the 10 evaluation folds) is balanced to within one pair. ``sizes``:
+    (identities, pairs) of a split the spec does not size (the report-only "test" split)."""
+    identities, p = sizes or (getattr(spec, f"{split}_identities"), getattr(spec, f"{split}_pairs"))
     rng = np.random.default_rng([spec.seed, _PAIR_STREAMS[split][0]])
     issame = np.arange(p) % 2 == 0
     n_pos = int(issame.sum())
@@ -991,12 +997,12 @@ def val_pair_plan(spec: SynthSpec, split: str = "val") -> tuple[np.ndarray, np.n
 
 
 def _write_pairs(
-    out: Path, spec: SynthSpec, split: str, progress: bool, workers: int
+    out: Path, spec: SynthSpec, split: str, progress: bool, workers: int, sizes: tuple[int, int] | None = None
 ) -> tuple[int, int, int]:
     """``synth_{split}.bin`` (when the split has pairs); returns (pairs, positive pairs, identities used)."""
     from tqdm import tqdm
 
-    pairs, issame = val_pair_plan(spec, split)
+    pairs, issame = val_pair_plan(spec, split, sizes)
     if not len(pairs):
         return 0, 0, 0
     images: list[bytes] = []
@@ -1012,6 +1018,29 @@ def _write_pairs(
         images.extend(jpegs)
     write_verification_bin(out / f"synth_{split}.bin", images, issame.tolist())
     return len(pairs), int(issame.sum()), len(set(pairs.reshape(-1).tolist()))
+
+
+def synthesize_split(
+    out_dir: str | os.PathLike,
+    spec: SynthSpec,
+    split: str,
+    sizes: tuple[int, int] | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> Path:
+    """Write only ``synth_{split}.bin`` into ``out_dir``: for "val"/"dev" the bytes ``synthesize`` writes;
+    "test" (``sizes`` = (identities, pairs)) is a third held-out set over identities no other split uses,
+    from the same population, for report-only readings; the data stage never writes it."""
+    spec.validate()
+    if split == "test" and (sizes is None or sizes[1] < 2 or sizes[1] % 2 or sizes[0] < 2):
+        raise ValueError(
+            f"the test split needs sizes (identities >= 2, an even number of pairs), got {sizes}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not _write_pairs(out, spec, split, progress, workers or os.cpu_count() or 1, sizes)[0]:
+        raise ValueError(f"{split}: 0 pairs, nothing to write")
+    return out / f"synth_{split}.bin"
 
 
 def synthesize(
