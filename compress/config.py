@@ -55,5 +55,7 @@ def validate_qat(q: QatConfig) -> None:
         raise InputError(f"qat.keep: must be one of {', '.join(KEEP_CHOICES)}; got '{q.keep}'")
     if not q.fp32_anchor >= 0:
         raise InputError(f"qat.fp32_anchor: a loss weight, must be >= 0; got {q.fp32_anchor}")
+    if q.fp32_anchor > 0 and q.keep == "ptq":
+        raise InputError("qat.fp32_anchor: qat.keep: ptq trains no QAT model, so there is nothing to anchor")
     if q.calibration_images < 1 or q.calibration_batch < 1:
         raise InputError("qat.calibration_images and qat.calibration_batch: must be >= 1")

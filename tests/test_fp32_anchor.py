@@ -33,6 +33,9 @@ def test_stage_one_cannot_name_the_anchor():
         build_losses([LossSpec("fp32_anchor")], LossDims(8, None, 5, reference_dim=4))
     with pytest.raises(InputError, match="qat.fp32_anchor: a loss weight, must be >= 0"):
         validate_qat(QatConfig(fp32_anchor=-1.0))
+    with pytest.raises(InputError, match="qat.keep: ptq trains no QAT model"):
+        validate_qat(QatConfig(fp32_anchor=1.0, keep="ptq"))
+    validate_qat(QatConfig(fp32_anchor=1.0))  # with training it is fine
 
 
 class Spy(LossTerm):
