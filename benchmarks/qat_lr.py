@@ -28,6 +28,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,11 +48,17 @@ from pipeline.stages import checkpoint_embed_fn  # noqa: E402
 RECORDS = ROOT / "benchmarks" / "results" / "qat_lr_runs"
 
 
-def dev_accuracy(path: Path, dev, name: str) -> dict[str, float]:
-    """Accuracy (flip fused, 10 folds) of a quantized checkpoint on the dev set, as stage two scores it."""
+def score_quantized(path: Path, pairs, name: str) -> tuple[Any, str]:
+    """A quantized checkpoint on one verification set as stage two scores its val set (its INT8 Q/DQ ONNX
+    on a CPU, flip fused, 10 folds): (the set's VerificationResult, how it was computed)."""
     model, _ = load_quantized(path)
-    embed, how = checkpoint_embed_fn(model, dev.images, name, quantized=True)
-    result = evaluate_sets(embed, [dev], flip=True)[dev.name]
+    embed, how = checkpoint_embed_fn(model, pairs.images, name, quantized=True)
+    return evaluate_sets(embed, [pairs], flip=True)[pairs.name], how
+
+
+def dev_accuracy(path: Path, dev, name: str) -> dict[str, float]:
+    """Accuracy of a quantized checkpoint on the dev set, as stage two scores it."""
+    result, how = score_quantized(path, dev, name)
     return {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std, "via": how}
 
 

@@ -97,10 +97,8 @@ def seed_row(run: Path) -> dict:
 
 def held_out_scores(run: Path, held_out: Path, work: Path) -> dict:
     """PTQ and QAT of ``run`` on the ``held_out`` set, pair by pair (cached under ``work``)."""
-    from compress.checkpoint import load_quantized
+    from benchmarks.qat_lr import score_quantized  # imports torch and NNCF: only when a set is scored
     from distill.data.faces import open_verification
-    from distill.evaluation import evaluate_sets
-    from pipeline.stages import checkpoint_embed_fn
 
     cache = work / "held_out" / f"seed{recorded_seed(run)}_{held_out.stem}.json"
     if cache.is_file():
@@ -108,9 +106,7 @@ def held_out_scores(run: Path, held_out: Path, work: Path) -> dict:
     vs = open_verification(held_out)
     scores: dict = {"set": vs.name, "pairs": int(len(vs.issame))}
     for name in ("ptq", "qat"):
-        model, _ = load_quantized(run / "qat" / f"{name}.pt")
-        embed, how = checkpoint_embed_fn(model, vs.images, name, quantized=True)
-        result = evaluate_sets(embed, [vs], flip=True)[vs.name]
+        result, how = score_quantized(run / "qat" / f"{name}.pt", vs, name)
         scores[name] = {"accuracy": result.accuracy, "wrong_pairs": list(result.wrong_pairs), "via": how}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(scores) + "\n")

@@ -23,6 +23,10 @@ class FeatureL2Loss(LossTerm):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         assert inputs.teacher is not None
-        s = F.normalize(self.projector(inputs.student), dim=1)
-        t = F.normalize(inputs.teacher.to(inputs.student.dtype), dim=1)
-        return (s - t).pow(2).sum(dim=1).mean()
+        return normalised_l2(self.projector(inputs.student), inputs.teacher)
+
+
+def normalised_l2(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``mean_i || s_i/|s_i| - t_i/|t_i| ||^2`` (= 2 - 2 cos), ``t`` taken in ``s``'s dtype."""
+    s, t = F.normalize(s, dim=1), F.normalize(t.to(s.dtype), dim=1)
+    return (s - t).pow(2).sum(dim=1).mean()

@@ -10,9 +10,9 @@ rather than re-learn the task. Embeddings are compared normalised because verifi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from distill.losses.base import LossDims, LossInputs, LossTerm
+from distill.losses.feature_l2 import normalised_l2
 
 
 class FP32AnchorLoss(LossTerm):
@@ -32,6 +32,4 @@ class FP32AnchorLoss(LossTerm):
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         assert inputs.reference is not None
-        q = F.normalize(inputs.student, dim=1)
-        r = F.normalize(inputs.reference.to(inputs.student.dtype), dim=1)
-        return (q - r).pow(2).sum(dim=1).mean()
+        return normalised_l2(inputs.student, inputs.reference)  # feature L2's formula, fp32 as target
